@@ -1,0 +1,145 @@
+"""Pull-request review comment: what this branch changed against a base revision.
+
+    python -m policytune.review --base main --out review/      # or: make review BASE=main
+
+Writes ``review/comment.md`` (post it as the PR comment) and ``review/plots.html`` with one
+PNG per DVC plot (base vs branch drawn by matplotlib from ``dvc plots diff --json``, so the
+page is static and renders offline). Sections: ``dvc metrics diff --md`` for every declared
+metrics file (data, train, eval, judge), the branch's base-vs-fine-tuned table with bootstrap
+CIs from metrics/eval.json, and ``dvc params diff --md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    p = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed: {p.stderr.strip()[-2000:]}")
+    return p.stdout
+
+
+def _fmt(x) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else "–"
+
+
+def eval_table(eval_json: Path) -> str:
+    """Markdown table: base vs fine-tuned means and the paired delta with its 95% CI."""
+    if not eval_json.exists():
+        return "_metrics/eval.json not found: the evaluate stage has not run on this branch._\n"
+    m = json.loads(eval_json.read_text())
+    flat = _flatten(m)
+    metrics = sorted({k.split(".")[1] for k in flat if k.startswith("delta.") and k.endswith(".mean")})
+    rows = ["| metric | base | fine-tuned | delta | 95% CI | verdict |", "|---|---|---|---|---|---|"]
+    for name in metrics:
+        lo, hi = flat.get(f"delta.{name}.ci_low"), flat.get(f"delta.{name}.ci_high")
+        verdict = "no significant difference"
+        if isinstance(lo, (int, float)) and lo > 0:
+            verdict = "better"
+        elif isinstance(hi, (int, float)) and hi < 0:
+            verdict = "worse"
+        if name in {"ref_ppl", "answer_len"} and verdict != "no significant difference":
+            verdict = {"better": "higher", "worse": "lower"}[verdict]
+        rows.append(f"| {name} | {_fmt(flat.get(f'base.{name}.mean'))} | {_fmt(flat.get(f'finetuned.{name}.mean'))} "
+                    f"| {_fmt(flat.get(f'delta.{name}.mean'))} | [{_fmt(lo)}, {_fmt(hi)}] | {verdict} |")
+    n = flat.get("n")
+    return "\n".join(rows) + (f"\n\nn = {n} test questions\n" if n is not None else "\n")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def render_plots(base: str, cwd: Path, out: Path) -> list[Path]:
+    """One PNG per DVC plot, every revision as its own line/series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(dvc("plots", "diff", "--json", base, cwd=cwd) or "{}").get("data", {})
+    pngs = []
+    for i, (name, specs) in enumerate(sorted(data.items())):
+        for spec in specs:
+            content = spec.get("content") or {}
+            values = (content.get("data") or {}).get("values") or []
+            enc = content.get("encoding") or {}
+            x = (enc.get("x") or {}).get("field")
+            y = None
+            for layer in content.get("layer", []):
+                y = y or ((layer.get("encoding") or {}).get("y") or {}).get("field")
+            y = y or (enc.get("y") or {}).get("field")
+            if not values or not x or not y:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            for rev in spec.get("revisions", []):
+                pts = [(float(v[x]), float(v[y])) for v in values
+                       if v.get("rev") == rev and _num(v.get(x)) and _num(v.get(y))]
+                if pts:
+                    ax.plot(*zip(*sorted(pts)), marker=".", label=rev)
+            ax.set_title(name)
+            ax.set_xlabel(x)
+            ax.set_ylabel(y)
+            ax.legend()
+            fig.tight_layout()
+            png = out / f"plot_{i}.png"
+            fig.savefig(png, dpi=100)
+            plt.close(fig)
+            pngs.append(png)
+    return pngs
+
+
+def _num(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def build(base: str, cwd: Path, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"## policytune: this branch vs `{base}`\n"]
+    parts.append("### Metrics (`dvc metrics diff`)\n")
+    parts.append(dvc("metrics", "diff", "--md", "--all", base, cwd=cwd).strip() or "_no metric changed_")
+    parts.append("\n### Base vs fine-tuned on this branch\n")
+    parts.append(eval_table(cwd / "metrics" / "eval.json"))
+    parts.append("### Params (`dvc params diff`)\n")
+    parts.append(dvc("params", "diff", "--md", base, cwd=cwd).strip() or "_no param changed_")
+    pngs = render_plots(base, cwd, out)
+    parts.append(f"\n### Plots\n{len(pngs)} plot(s) of `dvc plots diff {base}` rendered to `{out}/plots.html`.\n")
+    comment = out / "comment.md"
+    comment.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    imgs = "".join(f'<figure><img src="{p.name}" alt="{html.escape(p.stem)}"></figure>' for p in pngs)
+    (out / "plots.html").write_text(
+        f"<!doctype html><meta charset=utf-8><title>dvc plots diff {html.escape(base)}</title>"
+        f"<h1>dvc plots diff {html.escape(base)}</h1>{imgs or '<p>no plots</p>'}", encoding="utf-8")
+    return comment
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="main", help="git revision to compare against")
+    ap.add_argument("--out", default="review", help="output folder")
+    a = ap.parse_args(argv)
+    comment = build(a.base, Path.cwd(), Path(a.out))
+    print(comment.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
