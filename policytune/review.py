@@ -115,7 +115,7 @@ def build(base: str, cwd: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"## policytune: this branch vs `{base}`\n"]
     parts.append("### Metrics (`dvc metrics diff`)\n")
-    parts.append(dvc("metrics", "diff", "--md", "--all", base, cwd=cwd).strip() or "_no metric changed_")
+    parts.append(dvc("metrics", "diff", "--md", base, cwd=cwd).strip() or "_no metric changed_")
     parts.append("\n### Base vs fine-tuned on this branch\n")
     parts.append(eval_table(cwd / "metrics" / "eval.json"))
     parts.append("### Params (`dvc params diff`)\n")
