@@ -1,0 +1,561 @@
+"""scrape stage: a real loopback HTTP server with fault routes, charset decoding, safe file
+names (property test), local folder sources, crawl limits, and the min_ok_fraction exit."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policytune import records
+from policytune.params import load_section
+from stages import scrape as S
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_SITE = REPO / "data" / "sample_site"
+
+CP1252_HTML = (
+    '<!DOCTYPE html><html><head>'
+    '<meta http-equiv="Content-Type" content="text/html; charset=windows-1252">'
+    '<title>Expenses</title></head><body><h1>Expenses policy</h1>'
+    '<p>Meals are capped at \u20ac45 per day \u2013 the \u2019daily cap\u2019, see \u201cAnnex B\u201d. Caf\u00e9 receipts count.</p>'
+    '</body></html>'
+).encode("cp1252")
+
+
+def page(title: str, *links: str) -> bytes:
+    items = "".join(f'<li><a href="{href}">{href}</a></li>' for href in links)
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
+            f"<body><h1>{title}</h1><p>Policy text for {title}.</p><ul>{items}</ul></body></html>"
+            ).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- test server
+
+class Site:
+    """Routes of the loopback test server; ``hits`` counts requests per path."""
+
+    def __init__(self):
+        self.hits: Counter = Counter()
+        self.user_agents: set[str] = set()
+        self.release = threading.Event()  # set at teardown: slow handlers stop waiting
+        self.port = 0
+        self.static_root: Path | None = None
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        path = h.path.split("?", 1)[0]
+        self.hits[path] += 1
+        self.user_agents.add(h.headers.get("User-Agent", ""))
+        n = self.hits[path]
+        port = self.port
+
+        def send(code=200, body=b"", ctype="text/html", headers=(), length=None):
+            h.send_response(code)
+            if ctype:
+                h.send_header("Content-Type", ctype)
+            h.send_header("Content-Length", str(len(body) if length is None else length))
+            for k, v in headers:
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(body)
+
+        if self.static_root is not None:  # serve a folder as the whole site
+            f = (self.static_root / path.lstrip("/")).resolve()
+            if f.is_file() and self.static_root.resolve() in f.parents:
+                ctype = {".txt": "text/plain", ".css": "text/css", ".js": "text/javascript",
+                         ".svg": "image/svg+xml"}.get(f.suffix, "text/html")
+                return send(body=f.read_bytes(), ctype=ctype)
+            return send(404, b"not found", "text/plain")
+
+        if path == "/robots.txt":
+            return send(body=b"User-agent: *\nDisallow: /private/\n", ctype="text/plain")
+        if path == "/index.html":
+            return send(body=page("Index", "/a.html", "b.html#part", "/private/secret.html",
+                                  f"http://localhost:{port}/d.html", "#top",
+                                  "mailto:hr@example.org", "javascript:void(0)", "/a.html#x"))
+        if path == "/a.html":
+            return send(body=page("A", "/c.html", "/index.html"))
+        if path in ("/b.html", "/c.html", "/d.html", "/target.html", "/private/secret.html"):
+            return send(body=page(path.strip("/")))
+        if path == "/flaky":  # 500 once, then fine
+            return send(500, b"oops", "text/plain") if n == 1 else send(body=page("Flaky"))
+        if path == "/busy":  # 429 with Retry-After: 1 once, then fine
+            if n == 1:
+                return send(429, b"slow down", "text/plain", [("Retry-After", "1")])
+            return send(body=page("Busy"))
+        if path == "/busy-long":
+            return send(429, b"slow down", "text/plain", [("Retry-After", "3600")])
+        if path == "/always-500":
+            return send(503, b"down", "text/plain")
+        if path == "/loop-a":
+            return send(302, b"", None, [("Location", "/loop-b")])
+        if path == "/loop-b":
+            return send(302, b"", None, [("Location", f"http://127.0.0.1:{port}/loop-a")])
+        m = re.fullmatch(r"/chain/(\d+)", path)
+        if m:
+            return send(301, b"", None, [("Location", f"/chain/{int(m.group(1)) + 1}")])
+        if path == "/moved":
+            return send(301, b"", None, [("Location", "/target.html")])
+        if path == "/slow":
+            self.release.wait(2.0)
+            return send(body=page("Slow"))
+        if path == "/truncated":
+            return send(body=b"<html><body><p>only the start", length=10_000)
+        if path == "/big":
+            return send(body=b"<html>" + b"x" * 200_000)
+        if path == "/big-stream":  # no Content-Length: the cap must hold while streaming
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html")
+            h.end_headers()
+            for _ in range(20):
+                h.wfile.write(b"y" * 10_000)
+            return None
+        if path == "/doc.pdf":
+            return send(body=b"%PDF-1.4 not really", ctype="application/pdf")
+        if path == "/cp1252.html":
+            return send(body=CP1252_HTML, ctype="text/html")  # charset only in the <meta>
+        if path == "/no-ctype.html":
+            return send(body=page("NoCtype"), ctype=None)
+        if path == "/empty.html":
+            return send(body=b"")
+        return send(404, b"not found", "text/plain")
+
+
+@pytest.fixture
+def site():
+    """A ThreadingHTTPServer on 127.0.0.1:<free port> in a thread; stopped at teardown."""
+    state = Site()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            try:
+                state.handle(self)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.handle_error = lambda *a: None  # clients that hung up on slow routes
+    state.port = server.server_address[1]
+    state.base = f"http://127.0.0.1:{state.port}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def config(**kw) -> S.ScrapeConfig:
+    base = dict(timeout_s=0.5, retries=1, backoff_s=0.01, max_retry_after_s=5.0,
+                max_bytes=50_000, max_redirects=3, delay_s=0.0)
+    base.update(kw)
+    return S.ScrapeConfig(**base)
+
+
+def session_for(cfg):
+    s = S.make_session(cfg)
+    s.trust_env = False  # no proxy from the environment for loopback
+    return s
+
+
+def run_scrape(sources, cfg, tmp_path):
+    result = S.scrape(sources, cfg, session=session_for(cfg), root=tmp_path,
+                      pages_dir=tmp_path / "raw" / "pages")
+    stats = S.summarise(result)
+    S.write_outputs(result, tmp_path / "raw", tmp_path / "stats" / "scrape.json", stats,
+                    root=tmp_path)
+    rows = records.read_jsonl(tmp_path / "raw" / "manifest.jsonl")
+    return {r["url"]: r for r in rows}, stats, rows
+
+
+# --------------------------------------------------------------------------- fault routes
+
+def test_fault_routes_end_up_in_manifest(site, tmp_path):
+    paths = ["/index.html", "/missing", "/flaky", "/busy", "/busy-long", "/always-500",
+             "/loop-a", "/chain/0", "/moved", "/slow", "/truncated", "/big", "/big-stream",
+             "/doc.pdf", "/private/secret.html", "/cp1252.html", "/no-ctype.html", "/empty.html"]
+    urls = [site.base + p for p in paths]
+    t0 = time.monotonic()
+    by_url, stats, rows = run_scrape(urls, config(), tmp_path)
+    elapsed = time.monotonic() - t0
+    st_ = {p: by_url[site.base + p] for p in paths}
+
+    expected = {
+        "/index.html": "ok", "/missing": "http_404", "/flaky": "ok", "/busy": "ok",
+        "/busy-long": "retry_after_too_long", "/always-500": "http_503",
+        "/loop-a": "redirect_loop", "/chain/0": "too_many_redirects", "/moved": "ok",
+        "/slow": "timeout", "/truncated": "truncated", "/big": "too_large",
+        "/big-stream": "too_large", "/doc.pdf": "unsupported_content_type",
+        "/private/secret.html": "robots_disallowed", "/cp1252.html": "ok",
+        "/no-ctype.html": "ok", "/empty.html": "empty_body",
+    }
+    assert {p: r["status"] for p, r in st_.items()} == expected
+
+    # every row has every field; order is by url
+    keys = {"url", "final_url", "status", "http_status", "content_type", "encoding", "sha256",
+            "bytes", "fetched_at", "path", "error", "depth", "attempts"}
+    assert all(keys <= set(r) for r in rows)
+    assert [r["url"] for r in rows] == sorted(r["url"] for r in rows)
+    for r in rows:
+        assert (r["status"] == "ok") == (r["path"] is not None) == (r["error"] is None)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["fetched_at"])
+
+    assert st_["/missing"]["http_status"] == 404 and st_["/missing"]["attempts"] == 1
+    assert st_["/flaky"]["attempts"] == 2 and site.hits["/flaky"] == 2
+    assert st_["/busy"]["attempts"] == 2 and site.hits["/busy"] == 2
+    assert st_["/busy-long"]["attempts"] == 1 and "3600" in st_["/busy-long"]["error"]
+    assert st_["/always-500"]["attempts"] == 2 and st_["/always-500"]["http_status"] == 503
+    assert st_["/moved"]["final_url"] == site.base + "/target.html"
+    assert st_["/chain/0"]["error"].startswith("more than max_redirects=3")
+    assert site.hits["/chain/4"] == 0  # stopped after 3 hops
+    assert "/loop-b" in st_["/loop-a"]["error"]
+    assert st_["/truncated"]["bytes"] < 10_000 and st_["/truncated"]["sha256"] is None
+    assert st_["/big"]["sha256"] is None
+    assert st_["/doc.pdf"]["content_type"] == "application/pdf" and st_["/doc.pdf"]["path"] is None
+    assert site.hits["/private/secret.html"] == 0  # never requested
+    assert site.hits["/robots.txt"] == 1  # once per host
+    assert all(ua.startswith("policytune/0.1 (+") for ua in site.user_agents)
+
+    ok = st_["/index.html"]
+    assert ok["http_status"] == 200 and ok["content_type"] == "text/html"
+    assert ok["sha256"] == records.sha256_bytes(page("Index", "/a.html", "b.html#part",
+        "/private/secret.html", f"http://localhost:{site.port}/d.html", "#top",
+        "mailto:hr@example.org", "javascript:void(0)", "/a.html#x"))
+    assert ok["depth"] == 0 and ok["encoding"] == "utf-8"
+
+    cp = st_["/cp1252.html"]
+    assert cp["encoding"] == "cp1252" and cp["encoding_source"] == "meta"
+    saved = (tmp_path / cp["path"]).read_bytes().decode("utf-8")  # saved as UTF-8
+    for ch in ("\u20ac45", "\u2019daily cap\u2019", "\u201cAnnex B\u201d", "Caf\u00e9", "\u2013"):
+        assert ch in saved
+    assert "charset=utf-8" in saved and "windows-1252" not in saved
+
+    assert stats["sources"] == len(paths) and stats["ok"] == 6
+    assert stats["failed"] == len(paths) - 6 and stats["retries"] == sum(
+        r["attempts"] - 1 for r in rows if r["attempts"])
+    assert stats["failed_by_reason"]["too_large"] == 2
+    assert stats["bytes"] == sum(r["bytes"] for r in rows if r["status"] == "ok")
+    saved_pages = sorted(p.name for p in (tmp_path / "raw" / "pages").iterdir())
+    assert saved_pages == sorted(Path(r["path"]).name for r in rows if r["status"] == "ok")
+    # 1 s Retry-After + 2 x 0.5 s timeouts + small backoffs; no long sleeps
+    assert elapsed < 8, elapsed
+
+
+def test_retry_after_is_honoured(site):
+    cfg = config()
+    t0 = time.monotonic()
+    rec, text = S.fetch(site.base + "/busy", cfg, session_for(cfg))
+    assert rec["status"] == "ok" and rec["attempts"] == 2 and "Busy" in text
+    assert 0.9 <= time.monotonic() - t0 < 3
+
+
+def test_retries_zero_gives_up_at_once(site):
+    cfg = config(retries=0)
+    rec, _ = S.fetch(site.base + "/flaky", cfg, session_for(cfg))
+    assert rec["status"] == "http_500" and rec["attempts"] == 1
+
+
+def test_parse_retry_after_seconds_and_http_date():
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert S.parse_retry_after("7", now) == 7.0
+    assert S.parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == 90
+    assert S.parse_retry_after(format_datetime(now - timedelta(days=1), usegmt=True), now) == 0
+    assert S.parse_retry_after("soon", now) is None and S.parse_retry_after(None) is None
+
+
+def test_robots_can_be_ignored_when_configured(site):
+    cfg = config(respect_robots=False)
+    rec, _ = S.fetch(site.base + "/private/secret.html", cfg, session_for(cfg))
+    assert rec["status"] == "ok" and site.hits["/robots.txt"] == 0
+
+
+def test_rerun_is_deterministic_and_keeps_unchanged_pages(site, tmp_path):
+    urls = [site.base + p for p in ("/b.html", "/index.html", "/missing", "/cp1252.html")]
+    first, _, rows1 = run_scrape(urls, config(), tmp_path)
+    pages = {p: p.stat().st_mtime_ns for p in (tmp_path / "raw" / "pages").iterdir()}
+    second, _, rows2 = run_scrape(list(reversed(urls)), config(), tmp_path)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "fetched_at"} for r in rows]  # noqa: E731
+    assert strip(rows1) == strip(rows2)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "raw" / "pages").iterdir()} == pages
+
+
+# --------------------------------------------------------------------------- crawl
+
+def test_crawl_depth_robots_and_dedupe(site, tmp_path):
+    by_url, stats, _ = run_scrape([site.base + "/index.html"], config(crawl=True, max_depth=1),
+                                  tmp_path)
+    b = site.base
+    assert set(by_url) == {b + "/index.html", b + "/a.html", b + "/b.html",
+                           b + "/private/secret.html"}
+    assert by_url[b + "/a.html"]["depth"] == 1 and by_url[b + "/a.html"]["status"] == "ok"
+    assert by_url[b + "/private/secret.html"]["status"] == "robots_disallowed"
+    assert site.hits["/a.html"] == 1 and site.hits["/c.html"] == 0  # depth 2 not fetched
+    assert site.hits["/d.html"] == 0  # localhost is not an allowed domain by default
+
+    by_url, _, _ = run_scrape([b + "/index.html"], config(crawl=True, max_depth=2), tmp_path)
+    assert by_url[b + "/c.html"]["depth"] == 2 and by_url[b + "/c.html"]["status"] == "ok"
+    # stale pages of the first run that are still in the manifest stay; the set matches
+    names = {p.name for p in (tmp_path / "raw" / "pages").iterdir()}
+    assert names == {Path(r["path"]).name for r in by_url.values() if r["path"]}
+
+
+def test_crawl_allowed_domains(site, tmp_path):
+    cfg = config(crawl=True, max_depth=1, allowed_domains=["127.0.0.1", "localhost"])
+    by_url, _, _ = run_scrape([site.base + "/index.html"], cfg, tmp_path)
+    d = f"http://localhost:{site.port}/d.html"
+    assert by_url[d]["status"] == "ok" and by_url[d]["depth"] == 1
+    cfg = config(crawl=True, max_depth=1, allowed_domains=["localhost"])
+    by_url, _, _ = run_scrape([site.base + "/index.html"], cfg, tmp_path)
+    assert set(by_url) == {site.base + "/index.html"}  # the source itself is always fetched
+
+
+def test_crawl_max_pages_counts_what_it_skips(site, tmp_path):
+    result = S.scrape([site.base + "/index.html"], config(crawl=True, max_depth=1, max_pages=2),
+                      session=session_for(config()), root=tmp_path)
+    assert len(result.records) == 2 and result.crawl_skipped == 2
+    assert S.summarise(result)["crawl_skipped"] == 2
+
+
+def test_redirect_to_already_fetched_page_is_a_duplicate(site, tmp_path):
+    by_url, stats, _ = run_scrape([site.base + "/target.html", site.base + "/moved"], config(),
+                                  tmp_path)
+    assert by_url[site.base + "/moved"]["status"] == "duplicate"
+    assert stats["duplicates"] == 1 and stats["ok"] == 1 and stats["ok_fraction"] == 1.0
+
+
+def test_extract_links():
+    html = ('<base href="/docs/"><a href="x.html#f">x</a><a href="HTTP://Other.org:80">o</a>'
+            '<a href="mailto:a@b">m</a><a href="#top">t</a><a href="x.html">dup</a>'
+            '<a href="http://[bad">bad</a>')
+    assert S.extract_links(html, "http://h.test/a/b.html") == [
+        "http://h.test/docs/x.html", "http://other.org/"]
+
+
+# --------------------------------------------------------------------------- charsets
+
+def test_decode_meta_only_windows_1252():
+    text, enc = S.decode_html(CP1252_HTML, {"Content-Type": "text/html"})
+    assert enc == "cp1252"
+    assert "\u20ac45" in text and "\u2019daily cap\u2019" in text and "\u201cAnnex B\u201d" in text
+    text, enc = S.decode_html(b'<meta charset="windows-1252"><p>\x80 \x93q\x94</p>', {})
+    assert (text, enc) == ('<meta charset="windows-1252"><p>\u20ac \u201cq\u201d</p>', "cp1252")
+
+
+def test_decode_precedence():
+    utf8 = "<p>\u20ac caf\u00e9</p>".encode("utf-8")
+    # header beats meta
+    assert S.decode_html(b'<meta charset="windows-1252">' + utf8,
+                         {"content-type": "text/html; charset=UTF-8"})[1] == "utf-8"
+    # BOM beats header (as in browsers)
+    assert S.decode_html(b"\xef\xbb\xbf" + utf8, {"Content-Type": "text/html; charset=iso-8859-1"}) \
+        == ("<p>\u20ac caf\u00e9</p>", "utf-8")
+    text, enc = S.decode_html("<p>\u20ac</p>".encode("utf-16"), {})
+    assert text == "<p>\u20ac</p>" and enc.startswith("utf-16")
+    # latin-1 label means windows-1252 (0x80 is the euro sign, not a C1 control)
+    assert S.decode_html(b"<p>\x80</p>", {"Content-Type": "text/html; charset=ISO-8859-1"}) \
+        == ("<p>\u20ac</p>", "cp1252")
+    # a wrong header that cannot decode falls through to the <meta>
+    assert S.decode_html(b'<meta charset="windows-1252"><p>\x80</p>',
+                         {"Content-Type": "text/html; charset=utf-8"})[1] == "cp1252"
+    # unknown labels are ignored; plain UTF-8 without declarations is UTF-8
+    assert S.decode_html(utf8, {"Content-Type": "text/html; charset=bogus-9"}) \
+        == ("<p>\u20ac caf\u00e9</p>", "utf-8")
+
+
+def test_decode_undeclared_legacy_bytes_uses_detector():
+    body = ("<html><body><p>" + "Les d\u00e9penses de caf\u00e9 et de repas sont rembours\u00e9es "
+            "apr\u00e8s validation par le responsable hi\u00e9rarchique. " * 8
+            + "</p></body></html>").encode("cp1252")
+    text, enc, source = S.decode_html_ex(body, {})
+    assert source == "detected" and "rembours\u00e9es" in text and "\ufffd" not in text
+
+
+def test_decode_never_raises_on_garbage():
+    for blob in (b"", b"\xff\xfe\x00", bytes(range(256)), b"<meta charset=x-nonsense>\x81\x8d"):
+        text, enc = S.decode_html(blob, {"Content-Type": "text/html; charset=\x00"})
+        assert isinstance(text, str) and enc
+
+
+def test_saved_html_declares_utf8():
+    out = S.as_utf8_html('<?xml version="1.0" encoding="ISO-8859-1"?><html><head>'
+                         '<meta http-equiv="content-type" content="text/html; charset=iso-8859-1">'
+                         "</head></html>")
+    assert "iso-8859-1" not in out.lower() and out.count("utf-8") == 2
+
+
+# --------------------------------------------------------------------------- file names
+
+HOSTILE = ["file:../../etc/passwd", "/etc/passwd", "..", ".", "", "http://x/%2e%2e/%2e%2e/x",
+           "C:\\Windows\\system32\\..\\..", "\x00/\x00", "." * 300, "/" * 50, "a/" * 500,
+           "http://h/\u202e\u0000..\\..\\", "file:/abs/path.html", "..%2f..%2f", "~/x", "CON"]
+
+
+def _check_name(name: str, out: Path) -> None:
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{12}\.html", name), name
+    assert ".." not in name and len(name.encode()) <= 120
+    target = out / name
+    assert os.path.normpath(target).startswith(str(out) + os.sep)
+    assert target.resolve().parent == out.resolve()
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_safe_filename_hostile_examples(url, tmp_path):
+    _check_name(S.safe_filename(url), tmp_path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.text(),
+    st.builds(lambda a, b: a + b,
+              st.sampled_from(["http://", "https://h.test/", "file:", "/", "../", "..\\", "C:\\",
+                               "file:../../", "http://h/%2e%2e/", "//"]),
+              st.text(alphabet=st.sampled_from(list("./\\%2eE:~ \x00a\u00e9\u202e")) | st.characters(),
+                      max_size=400))))
+def test_safe_filename_never_escapes(tmp_path_factory, url):
+    out = tmp_path_factory.getbasetemp() / "safe_names"
+    out.mkdir(exist_ok=True)
+    name = S.safe_filename(url)
+    _check_name(name, out)
+    assert S.safe_filename(url) == name  # stable
+    (out / name).write_bytes(b"x")  # the file system accepts it, inside the folder
+    assert (out / name).is_file()
+
+
+def test_safe_filename_is_readable_and_unique():
+    a = S.safe_filename("http://127.0.0.1:8000/hr/leave.html")
+    assert a.startswith("127.0.0.1_8000_hr_leave-")
+    assert a != S.safe_filename("http://127.0.0.1:8000/hr/leave.html?x=1")
+    assert S.safe_filename("file:data/sample_site/ai/use.html").startswith("data_sample_site_ai_use-")
+
+
+# --------------------------------------------------------------------------- local sources, main()
+
+def make_local_site(root: Path) -> None:
+    (root / "site" / "hr").mkdir(parents=True)
+    (root / "site" / ".git").mkdir()
+    (root / "site" / "index.html").write_bytes(page("Home", "hr/leave.htm"))
+    (root / "site" / "hr" / "leave.htm").write_bytes(page("Leave"))
+    (root / "site" / "hr" / "legacy.html").write_bytes(CP1252_HTML)
+    (root / "site" / "notes.txt").write_text("not a page")
+    (root / "site" / ".git" / "x.html").write_bytes(page("hidden"))
+
+
+def write_params(root: Path, **scrape_cfg) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump({"scrape": scrape_cfg}))
+    return path
+
+
+def test_local_folder_sources_via_main(tmp_path, monkeypatch):
+    make_local_site(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, sources=["site", "site/hr/leave.htm", "missing.html"],
+                 min_ok_fraction=0.5)
+    stale = tmp_path / "data/raw/pages/stale-000000000000.html"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    assert S.main(["--params", "params.yaml"]) == 0
+
+    rows = records.read_jsonl("data/raw/manifest.jsonl")
+    assert [r["url"] for r in rows] == ["file:missing.html", "file:site/hr/leave.htm",
+                                        "file:site/hr/legacy.html", "file:site/index.html"]
+    by_url = {r["url"]: r for r in rows}
+    assert by_url["file:missing.html"]["status"] == "not_found"
+    legacy = by_url["file:site/hr/legacy.html"]
+    assert legacy["status"] == "ok" and legacy["encoding"] == "cp1252"
+    assert legacy["path"].startswith("data/raw/pages/site_hr_legacy-")
+    assert "\u20ac45" in Path(legacy["path"]).read_text(encoding="utf-8")
+    assert legacy["sha256"] == records.sha256_bytes(CP1252_HTML)
+    assert legacy["final_url"] == legacy["url"] and legacy["http_status"] is None
+    assert not stale.exists()
+    assert sorted(os.listdir("data/raw/pages")) == sorted(
+        Path(r["path"]).name for r in rows if r["path"])
+    stats = records.read_json("data/stats/scrape.json")
+    assert stats["sources"] == 4 and stats["ok"] == 3
+    assert stats["failed_by_reason"] == {"not_found": 1}
+
+
+def test_empty_folder_and_unsupported_sources(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x.txt").write_text("hi")
+    result = S.scrape(["empty", "x.txt", "ftp://h/x.html", "http://[bad/"], config(), root=tmp_path)
+    assert {r["url"]: r["status"] for r in result.records} == {
+        "file:empty": "empty_source", "file:x.txt": "unsupported_content_type",
+        "ftp://h/x.html": "unsupported_scheme", "http://[bad/": "invalid_url"}
+
+
+def test_min_ok_fraction_fails_with_summary_after_writing_manifest(tmp_path):
+    make_local_site(tmp_path)
+    write_params(tmp_path, sources=["gone1.html", "gone2.html", "site/index.html"],
+                 min_ok_fraction=0.5)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, "-m", "stages.scrape"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "only 1 of 3 pages succeeded (33% < min_ok_fraction 50%)" in p.stderr
+    assert "not_found x2 (file:gone1.html, file:gone2.html" in p.stderr
+    rows = records.read_jsonl(tmp_path / "data/raw/manifest.jsonl")
+    assert [r["status"] for r in rows] == ["not_found", "not_found", "ok"]
+    assert records.read_json(tmp_path / "data/stats/scrape.json")["failed"] == 2
+
+
+def test_params_section_of_the_repo_loads():
+    cfg = load_section(S.ScrapeConfig, "scrape", REPO / "params.yaml")
+    assert cfg.sources and 0 <= cfg.min_ok_fraction <= 1
+    for f in dataclasses.fields(S.ScrapeConfig):
+        assert f.metadata.get("help"), f.name
+    assert S.ScrapeConfig().user_agent.startswith("policytune/0.1 (+")
+
+
+# --------------------------------------------------------------------------- the bundled sample site
+
+@pytest.mark.skipif(not SAMPLE_SITE.is_dir(), reason="data/sample_site not present yet")
+def test_sample_site_local_and_served(site, tmp_path):
+    """The bundled site read as a folder and crawled over HTTP from its index give the same
+    pages, byte for byte, with the same encodings; its robots.txt holds in both."""
+    files = sorted(p for p in SAMPLE_SITE.rglob("*") if p.suffix.lower() in (".html", ".htm"))
+    local = S.scrape([str(SAMPLE_SITE)], S.ScrapeConfig(), root=REPO)
+    assert len(local.records) == len(files) >= 12
+    assert all(r["url"].startswith("file:data/sample_site/") for r in local.records)
+    bad = {r["url"]: r["status"] for r in local.records if r["status"] != "ok"}
+    assert set(bad.values()) <= {"robots_disallowed"}, bad
+    for text in local.pages.values():
+        assert "\ufffd" not in text
+    legacy = [r for r in local.records if r["encoding"] == "cp1252"]
+    assert legacy and legacy[0]["encoding_source"] == "meta"
+    assert "\u20ac" in local.pages[legacy[0]["path"]]
+
+    site.static_root = SAMPLE_SITE
+    cfg = config(max_bytes=5_000_000, crawl=True, max_depth=3)
+    served = S.scrape([site.base + "/index.html"], cfg, session=session_for(cfg), root=tmp_path)
+    by_url = {r["url"]: r for r in served.records}
+    for r in local.records:
+        got = by_url.get(f"{site.base}/{r['url'][len('file:data/sample_site/'):]}")
+        if got is None:  # a page no link reaches (e.g. an unlinked draft)
+            continue
+        assert got["status"] == r["status"], (got["url"], got["error"])
+        assert (got["sha256"], got["encoding"]) == (r["sha256"], r["encoding"])
+    assert sum(r["status"] == "ok" for r in served.records) == sum(
+        r["status"] == "ok" for r in local.records)
+    assert not [r["url"] for r in served.records if r["status"] not in ("ok", "robots_disallowed")]
