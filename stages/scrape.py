@@ -307,7 +307,7 @@ def new_record(url: str, depth: int = 0) -> dict:
         "url": url, "final_url": None, "status": None, "http_status": None,
         "content_type": None, "encoding": None, "encoding_source": None, "sha256": None,
         "bytes": 0, "fetched_at": utc_now(), "path": None, "error": None,
-        "depth": depth, "attempts": 0,
+        "depth": depth, "attempts": 0, "redirects": 0,
     }
 
 
@@ -316,11 +316,18 @@ def new_record(url: str, depth: int = 0) -> dict:
 class Failure(Exception):
     """A fetch outcome that is not a page: ``status`` is the manifest reason."""
 
-    def __init__(self, status: str, error: str, http_status: int | None = None,
-                 received: int = 0):
+    def __init__(self, status: str, error: str, http_status: int | None = None, *,
+                 received: int = 0, retryable: bool = False, retry_after: float | None = None):
         super().__init__(error)
         self.status, self.error, self.http_status = status, error, http_status
         self.received = received  # body bytes read before giving up
+        self.retryable, self.retry_after = retryable, retry_after
+
+
+class _Redirect(Exception):
+    def __init__(self, target: str, code: int):
+        super().__init__(target)
+        self.target, self.code = target, code
 
 
 @dataclass
@@ -329,7 +336,6 @@ class Response:
     http_status: int
     headers: dict
     body: bytes
-    attempts: int
 
 
 def make_session(cfg: ScrapeConfig) -> requests.Session:
@@ -415,151 +421,166 @@ class Fetcher:
     # ---- requests
     def get(self, url: str, *, max_bytes: int | None = None, robots: bool = True,
             accept: Callable[[dict], Failure | None] | None = None,
+            allow: Callable[[str], Failure | None] | None = None,
             partial_ok: bool = False, stats: dict | None = None) -> Response:
-        """GET ``url`` following redirects by hand; raises Failure for every non-page outcome.
+        """GET ``url``, following redirects by hand and retrying transient failures.
 
-        ``accept(headers)`` may veto a response before its body is read (content type).
-        ``stats`` (a dict) receives ``attempts`` as they happen, for the manifest row.
+        Raises Failure for every outcome that is not a complete 2xx body. ``accept(headers)``
+        may veto a response before its body is read (content type); ``allow(url)`` may veto a
+        redirect target (crawl domains). ``stats`` receives ``requests``, ``retries``,
+        ``redirects`` and ``final_url`` as they happen, for the manifest row.
         """
         cfg = self.cfg
         max_bytes = cfg.max_bytes if max_bytes is None else max_bytes
         stats = stats if stats is not None else {}
-        stats.setdefault("attempts", 0)
-        seen = [url]
-        current = url
+        for key in ("requests", "retries", "redirects"):
+            stats.setdefault(key, 0)
+        chain = [url]
+        current, tries = url, 0  # tries of the current hop
         while True:
             stats["final_url"] = current
             if robots:
                 verdict = self.robots_verdict(current)
                 if verdict:
                     raise verdict
-            resp = self._attempts(current, stats)
-            try:
-                code = resp.status_code
-                if code in REDIRECT_CODES:
-                    location = resp.headers.get("Location")
-                    if not location:
-                        raise Failure(f"http_{code}", f"HTTP {code} without a Location header", code)
-                    target = normalize_url(urljoin(current, location.strip()))
-                    if urlsplit(target).scheme not in ("http", "https"):
-                        raise Failure("bad_redirect", f"redirect to non-http URL {target}", code)
-                    if target in seen:
-                        raise Failure("redirect_loop",
-                                      "redirect loop: " + " -> ".join(seen + [target]), code)
-                    seen.append(target)
-                    if len(seen) - 1 > cfg.max_redirects:
-                        raise Failure("too_many_redirects",
-                                      f"more than max_redirects={cfg.max_redirects} redirects "
-                                      f"(last {current} -> {target})", code)
-                    current = target
-                    continue
-                if code >= 400:
-                    raise Failure(f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(), code)
-                headers = dict(resp.headers)
-                if accept:
-                    veto = accept(headers)
-                    if veto:
-                        veto.http_status = code
-                        raise veto
-                body = self._read_body(resp, max_bytes, partial_ok)
-                return Response(current, code, headers, body, stats["attempts"])
-            finally:
-                resp.close()
-
-    def _attempts(self, url: str, stats: dict) -> requests.Response:
-        """One request with retries (5xx, 429, timeouts, connection errors). Returns a
-        streamed response (body unread) for anything that is not retried."""
-        cfg = self.cfg
-        tries = 0
-        while True:
             tries += 1
-            stats["attempts"] += 1
-            self._wait_turn(url)
-            retry_after = None
+            stats["requests"] += 1
             try:
-                resp = self.session.get(url, stream=True, allow_redirects=False,
-                                        timeout=(cfg.timeout_s, cfg.timeout_s))
-            except requests.exceptions.Timeout as e:
-                failure = Failure("timeout", f"no response within timeout_s={cfg.timeout_s} ({e})")
-            except requests.exceptions.SSLError as e:
-                raise Failure("ssl_error", str(e)) from None
-            except requests.exceptions.ConnectionError as e:
-                failure = Failure("connection_error", str(e))
-            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                    requests.exceptions.InvalidSchema, ValueError) as e:
-                raise Failure("invalid_url", str(e)) from None
-            except requests.exceptions.RequestException as e:
-                raise Failure("request_error", f"{type(e).__name__}: {e}") from None
-            else:
-                code = resp.status_code
-                if code != 429 and code < 500:
-                    return resp
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                failure = Failure(f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(), code)
-                resp.close()
-            if tries > cfg.retries:
-                failure.error += f" (after {tries} attempts)"
-                raise failure
-            if retry_after is not None:
-                if retry_after > cfg.max_retry_after_s:
-                    raise Failure("retry_after_too_long",
-                                  f"HTTP {failure.http_status} asked to retry after "
-                                  f"{retry_after:.0f}s > max_retry_after_s={cfg.max_retry_after_s}",
-                                  failure.http_status)
-                wait = retry_after
-            else:
-                wait = min(cfg.backoff_s * 2 ** (tries - 1), cfg.max_retry_after_s)
-            log.debug("%s: %s, retry %d in %.2fs", url, failure.status, tries, wait)
-            if wait > 0:
-                self.sleep(wait)
+                return self._once(current, max_bytes, accept, partial_ok)
+            except _Redirect as r:
+                target = r.target
+                if urlsplit(target).scheme not in ("http", "https"):
+                    raise Failure("bad_redirect", f"redirect to non-http URL {target}", r.code)
+                if target in chain:
+                    raise Failure("redirect_loop",
+                                  "redirect loop: " + " -> ".join(chain + [target]), r.code)
+                chain.append(target)
+                if len(chain) - 1 > cfg.max_redirects:
+                    raise Failure("too_many_redirects",
+                                  f"more than max_redirects={cfg.max_redirects} redirects "
+                                  f"(last {current} -> {target})", r.code)
+                veto = allow(target) if allow else None
+                if veto:
+                    veto.http_status = r.code
+                    raise veto
+                current, tries = target, 0
+                stats["redirects"] += 1
+            except Failure as f:
+                if not f.retryable:
+                    raise
+                if tries > cfg.retries:
+                    f.error += f" (after {tries} attempts)"
+                    raise
+                if f.retry_after is not None:
+                    if f.retry_after > cfg.max_retry_after_s:
+                        raise Failure("retry_after_too_long",
+                                      f"HTTP {f.http_status} asked to retry after "
+                                      f"{f.retry_after:.0f}s > max_retry_after_s="
+                                      f"{cfg.max_retry_after_s}", f.http_status) from None
+                    wait = f.retry_after
+                else:
+                    wait = min(cfg.backoff_s * 2 ** (tries - 1), cfg.max_retry_after_s)
+                log.debug("%s: %s, retry %d in %.2fs", current, f.status, tries, wait)
+                stats["retries"] += 1
+                if wait > 0:
+                    self.sleep(wait)
+
+    def _once(self, url: str, max_bytes: int, accept, partial_ok: bool) -> Response:
+        """One request. Returns a complete 2xx response; raises _Redirect or Failure
+        (``retryable`` for 5xx, 429, timeouts, connection errors and broken bodies)."""
+        cfg = self.cfg
+        self._wait_turn(url)
+        try:
+            resp = self.session.get(url, stream=True, allow_redirects=False,
+                                    timeout=(cfg.timeout_s, cfg.timeout_s))
+        except requests.exceptions.Timeout as e:
+            raise Failure("timeout", f"no response within timeout_s={cfg.timeout_s} ({e})",
+                          retryable=True) from None
+        except requests.exceptions.SSLError as e:
+            raise Failure("ssl_error", str(e)) from None
+        except requests.exceptions.ConnectionError as e:
+            raise Failure("connection_error", str(e), retryable=True) from None
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema, ValueError) as e:
+            raise Failure("invalid_url", str(e)) from None
+        except requests.exceptions.RequestException as e:
+            raise Failure("request_error", f"{type(e).__name__}: {e}") from None
+        with resp:
+            code = resp.status_code
+            if code == 429 or code >= 500:
+                raise Failure(f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(), code,
+                              retryable=True,
+                              retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+            if code in REDIRECT_CODES:
+                location = resp.headers.get("Location")
+                if not location:
+                    raise Failure(f"http_{code}", f"HTTP {code} without a Location header", code)
+                try:
+                    target = normalize_url(urljoin(url, location.strip()))
+                except ValueError as e:
+                    raise Failure("bad_redirect", f"unparseable Location {location!r}: {e}",
+                                  code) from None
+                raise _Redirect(target, code)
+            if code >= 300:
+                raise Failure(f"http_{code}", f"HTTP {code} {resp.reason or ''}".strip(), code)
+            headers = dict(resp.headers)
+            if accept:
+                veto = accept(headers)
+                if veto:
+                    veto.http_status = code
+                    raise veto
+            body = self._read_body(resp, max_bytes, partial_ok)
+            return Response(url, code, headers, body)
 
     def _read_body(self, resp: requests.Response, max_bytes: int, partial_ok: bool) -> bytes:
         cfg = self.cfg
+        code = resp.status_code
         declared = _int(resp.headers.get("Content-Length"))
         if declared is not None and declared > max_bytes and not partial_ok:
-            raise Failure("too_large",
-                          f"Content-Length {declared} > max_bytes={max_bytes}", resp.status_code)
+            raise Failure("too_large", f"Content-Length {declared} > max_bytes={max_bytes}", code)
         chunks: list[bytes] = []
         received = 0
         deadline = self.clock() + cfg.timeout_s
         try:
-            for chunk in resp.iter_content(chunk_size=65536):
+            for chunk in resp.iter_content(chunk_size=16384):
                 chunks.append(chunk)
                 received += len(chunk)
                 if received > max_bytes:
                     if partial_ok:
                         return b"".join(chunks)[:max_bytes]
-                    raise Failure("too_large", f"body exceeds max_bytes={max_bytes}",
-                                  resp.status_code, received)
+                    raise Failure("too_large", f"body exceeds max_bytes={max_bytes}", code,
+                                  received=received)
                 if self.clock() > deadline:
                     raise Failure("timeout", f"body not received within timeout_s={cfg.timeout_s}",
-                                  resp.status_code)
+                                  code, received=received, retryable=True)
         except requests.exceptions.Timeout as e:
-            raise Failure("timeout", f"read timed out after {received} bytes ({e})",
-                          resp.status_code) from None
+            raise Failure("timeout", f"read timed out after {received} bytes ({e})", code,
+                          received=received, retryable=True) from None
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as e:
             raise Failure("truncated", f"body broken off after {received} bytes"
                           + (f" of Content-Length {declared}" if declared else "") + f" ({e})",
-                          resp.status_code) from None
+                          code, received=received, retryable=True) from None
         except requests.exceptions.ContentDecodingError as e:
-            raise Failure("decode_error", f"bad Content-Encoding: {e}", resp.status_code) from None
+            raise Failure("decode_error", f"bad Content-Encoding: {e}", code,
+                          received=received) from None
         body = b"".join(chunks)
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         if declared is not None and not encoded and len(body) < declared:
             raise Failure("truncated", f"received {len(body)} of Content-Length {declared} bytes",
-                          resp.status_code)
+                          code, received=len(body), retryable=True)
         return body
 
     # ---- pages
-    def fetch(self, url: str, depth: int = 0) -> tuple[dict, str | None]:
+    def fetch(self, url: str, depth: int = 0,
+              domains: Iterable[str] | None = None) -> tuple[dict, str | None]:
         """Fetch one http(s) page. Returns (manifest row, decoded HTML or None).
 
-        Retries that fail with a retryable error and then exhaust ``retries`` end up as the
-        last error's status; ``attempts`` counts requests made for this URL (retries
-        included, redirect hops not counted separately from their own tries).
+        ``attempts`` is 1 + the retries made (0: nothing was requested, e.g. robots.txt said
+        no); ``redirects`` the redirect hops followed. With ``domains`` (crawled pages), a redirect that leaves them is not
+        followed (status offsite_redirect).
         """
         rec = new_record(url, depth)
-        stats: dict = {"attempts": 0, "final_url": url}
+        stats: dict = {"requests": 0, "retries": 0, "redirects": 0, "final_url": url}
         content_type: dict = {}
 
         def accept(headers: dict) -> Failure | None:
@@ -569,17 +590,27 @@ class Fetcher:
                 return Failure("unsupported_content_type", f"content type {ctype} is not HTML")
             return None
 
+        allow = None
+        if domains is not None:
+            domains = list(domains)
+
+            def allow(target: str) -> Failure | None:
+                if domain_allowed(target, domains):
+                    return None
+                return Failure("offsite_redirect", f"redirect to {target}, outside allowed_domains")
+
         try:
-            resp = self.get(url, accept=accept, stats=stats)
+            resp = self.get(url, accept=accept, allow=allow, stats=stats)
         except Failure as f:
             rec.update(status=f.status, error=f.error, http_status=f.http_status,
                        bytes=f.received)
             rec["content_type"] = content_type.get("value")
-            rec["final_url"] = stats["final_url"]
-            rec["attempts"] = stats["attempts"]
+            rec.update(final_url=stats["final_url"], redirects=stats["redirects"],
+                       attempts=1 + stats["retries"] if stats["requests"] else 0)
             return rec, None
         rec.update(final_url=resp.final_url, http_status=resp.http_status,
-                   attempts=resp.attempts, bytes=len(resp.body),
+                   attempts=1 + stats["retries"], redirects=stats["redirects"],
+                   bytes=len(resp.body),
                    sha256=records.sha256_bytes(resp.body),
                    content_type=content_type.get("value"))
         return _finish_html(rec, resp.body, resp.headers)
@@ -792,7 +823,7 @@ def scrape(sources: Iterable[str], cfg: ScrapeConfig, *, session: requests.Sessi
     crawl_skipped = 0
     while queue:
         url, depth = queue.popleft()
-        rec, text = fetcher.fetch(url, depth)
+        rec, text = fetcher.fetch(url, depth, domains if depth > 0 else None)
         final = rec.get("final_url")
         if rec["status"] == "ok" and final in final_urls:
             rec.update(status="duplicate", error=f"same final_url as {final_urls[final]}")

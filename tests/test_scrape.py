@@ -55,6 +55,7 @@ class Site:
         self.release = threading.Event()  # set at teardown: slow handlers stop waiting
         self.port = 0
         self.static_root: Path | None = None
+        self.robots = (200, b"User-agent: *\nDisallow: /private/\n")
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
         path = h.path.split("?", 1)[0]
@@ -82,7 +83,7 @@ class Site:
             return send(404, b"not found", "text/plain")
 
         if path == "/robots.txt":
-            return send(body=b"User-agent: *\nDisallow: /private/\n", ctype="text/plain")
+            return send(self.robots[0], self.robots[1], "text/plain")
         if path == "/index.html":
             return send(body=page("Index", "/a.html", "b.html#part", "/private/secret.html",
                                   f"http://localhost:{port}/d.html", "#top",
@@ -110,6 +111,10 @@ class Site:
             return send(301, b"", None, [("Location", f"/chain/{int(m.group(1)) + 1}")])
         if path == "/moved":
             return send(301, b"", None, [("Location", "/target.html")])
+        if path == "/hub.html":
+            return send(body=page("Hub", "/go-offsite", "/b.html"))
+        if path == "/go-offsite":
+            return send(302, b"", None, [("Location", f"http://localhost:{port}/d.html")])
         if path == "/slow":
             self.release.wait(2.0)
             return send(body=page("Slow"))
@@ -227,10 +232,13 @@ def test_fault_routes_end_up_in_manifest(site, tmp_path):
     assert st_["/busy-long"]["attempts"] == 1 and "3600" in st_["/busy-long"]["error"]
     assert st_["/always-500"]["attempts"] == 2 and st_["/always-500"]["http_status"] == 503
     assert st_["/moved"]["final_url"] == site.base + "/target.html"
+    assert st_["/moved"]["redirects"] == 1 and st_["/moved"]["attempts"] == 1
     assert st_["/chain/0"]["error"].startswith("more than max_redirects=3")
     assert site.hits["/chain/4"] == 0  # stopped after 3 hops
     assert "/loop-b" in st_["/loop-a"]["error"]
     assert st_["/truncated"]["bytes"] < 10_000 and st_["/truncated"]["sha256"] is None
+    assert st_["/truncated"]["attempts"] == 2 and site.hits["/truncated"] == 2  # retried
+    assert st_["/slow"]["attempts"] == 2
     assert st_["/big"]["sha256"] is None
     assert st_["/doc.pdf"]["content_type"] == "application/pdf" and st_["/doc.pdf"]["path"] is None
     assert site.hits["/private/secret.html"] == 0  # never requested
@@ -290,6 +298,28 @@ def test_robots_can_be_ignored_when_configured(site):
     assert rec["status"] == "ok" and site.hits["/robots.txt"] == 0
 
 
+@pytest.mark.parametrize("code,expected", [(404, "ok"), (500, "robots_unavailable")])
+def test_robots_txt_errors_follow_rfc9309(site, code, expected):
+    """robots.txt 4xx: no rules, everything allowed; 5xx/unreachable: assume disallowed."""
+    site.robots = (code, b"nope")
+    cfg = config()
+    rec, _ = S.fetch(site.base + "/private/secret.html", cfg, session_for(cfg))
+    assert rec["status"] == expected
+    assert site.hits["/private/secret.html"] == (1 if expected == "ok" else 0)
+
+
+def test_crawl_delay_from_robots_spaces_requests(site):
+    site.robots = (200, b"User-agent: policytune\nCrawl-delay: 2\nDisallow: /private/\n")
+    waits = []
+    cfg = config(delay_s=0.1)
+    fetcher = S.Fetcher(cfg, session_for(cfg), sleep=waits.append, clock=lambda: 100.0)
+    for p in ("/b.html", "/c.html"):
+        assert fetcher.fetch(site.base + p)[0]["status"] == "ok"
+    # robots.txt is read first, so both page requests wait the site's Crawl-delay
+    assert waits == [2.0, 2.0]
+    assert fetcher.fetch(site.base + "/private/x")[0]["status"] == "robots_disallowed"
+
+
 def test_rerun_is_deterministic_and_keeps_unchanged_pages(site, tmp_path):
     urls = [site.base + p for p in ("/b.html", "/index.html", "/missing", "/cp1252.html")]
     first, _, rows1 = run_scrape(urls, config(), tmp_path)
@@ -328,6 +358,16 @@ def test_crawl_allowed_domains(site, tmp_path):
     cfg = config(crawl=True, max_depth=1, allowed_domains=["localhost"])
     by_url, _, _ = run_scrape([site.base + "/index.html"], cfg, tmp_path)
     assert set(by_url) == {site.base + "/index.html"}  # the source itself is always fetched
+
+
+def test_crawl_does_not_follow_redirects_off_the_allowed_domains(site, tmp_path):
+    by_url, _, _ = run_scrape([site.base + "/hub.html"], config(crawl=True), tmp_path)
+    off = by_url[site.base + "/go-offsite"]
+    assert off["status"] == "offsite_redirect" and site.hits["/d.html"] == 0
+    assert by_url[site.base + "/b.html"]["status"] == "ok"
+    # a source itself may redirect anywhere: the user named it
+    by_url, _, _ = run_scrape([site.base + "/go-offsite"], config(), tmp_path)
+    assert by_url[site.base + "/go-offsite"]["status"] == "ok"
 
 
 def test_crawl_max_pages_counts_what_it_skips(site, tmp_path):
