@@ -41,7 +41,7 @@ import requests
 from bs4 import BeautifulSoup
 
 from policytune import records
-from policytune.params import load_section
+from policytune.params import ParamsError, load_section
 from policytune.progress import Progress, get_logger
 
 log = get_logger("scrape")
@@ -90,6 +90,27 @@ class ScrapeConfig:
         "minimum seconds between two requests to the same host (robots Crawl-delay wins if larger)"))
     min_ok_fraction: float = field(default=0.5, metadata=_help(
         "the stage fails (after writing the manifest) when ok rows / all rows is below this"))
+
+    def __post_init__(self):
+        problems = [f"{name} must be {rule}" for name, ok, rule in (
+            ("sources", all(isinstance(x, str) and x.strip() for x in self.sources),
+             "a list of non-empty strings"),
+            ("allowed_domains", all(isinstance(x, str) for x in self.allowed_domains),
+             "a list of host names"),
+            ("max_depth", self.max_depth >= 0, ">= 0"),
+            ("max_pages", self.max_pages >= 1, ">= 1"),
+            ("timeout_s", self.timeout_s > 0, "> 0"),
+            ("retries", self.retries >= 0, ">= 0"),
+            ("backoff_s", self.backoff_s >= 0, ">= 0"),
+            ("max_retry_after_s", self.max_retry_after_s >= 0, ">= 0"),
+            ("max_bytes", self.max_bytes >= 1, ">= 1"),
+            ("max_redirects", self.max_redirects >= 0, ">= 0"),
+            ("delay_s", self.delay_s >= 0, ">= 0"),
+            ("user_agent", bool(self.user_agent.strip()), "non-empty"),
+            ("min_ok_fraction", 0 <= self.min_ok_fraction <= 1, "between 0 and 1"),
+        ) if not ok]
+        if problems:
+            raise ParamsError("params 'scrape': " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------- file names
@@ -392,14 +413,15 @@ class Fetcher:
             self._robots[origin] = self._load_robots(origin)
         rp = self._robots[origin]
         if isinstance(rp, Failure):
-            return rp
+            return Failure(rp.status, rp.error)
         if not rp.can_fetch(self.cfg.user_agent, url):
             return Failure("robots_disallowed", f"disallowed by {origin}/robots.txt")
         return None
 
     def _load_robots(self, origin: str) -> urllib.robotparser.RobotFileParser | Failure:
         """RFC 9309: 2xx -> rules; 4xx (or too many redirects) -> allow all; 5xx or
-        unreachable after retries -> disallow all (recorded as robots_unavailable)."""
+        unreachable after retries -> disallow all: the host's pages are not requested and get
+        status robots_unavailable (5xx) or the network error (connection_error, timeout...)."""
         rp = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
         try:
             resp = self.get(origin + "/robots.txt", max_bytes=ROBOTS_MAX_BYTES,
@@ -411,6 +433,8 @@ class Fetcher:
             elif f.status in ("redirect_loop", "too_many_redirects", "bad_redirect",
                               "unsupported_content_type"):
                 rp.allow_all = True
+            elif f.status in ("connection_error", "timeout", "ssl_error", "invalid_url"):
+                return Failure(f.status, f"{origin}/robots.txt: {f.error}")
             else:
                 return Failure("robots_unavailable",
                                f"{origin}/robots.txt could not be read ({f.status}: {f.error}); "
@@ -576,8 +600,8 @@ class Fetcher:
         """Fetch one http(s) page. Returns (manifest row, decoded HTML or None).
 
         ``attempts`` is 1 + the retries made (0: nothing was requested, e.g. robots.txt said
-        no); ``redirects`` the redirect hops followed. With ``domains`` (crawled pages), a redirect that leaves them is not
-        followed (status offsite_redirect).
+        no); ``redirects`` the redirect hops followed. With ``domains`` (crawled pages), a
+        redirect that leaves them is not followed (status offsite_redirect).
         """
         rec = new_record(url, depth)
         stats: dict = {"requests": 0, "retries": 0, "redirects": 0, "final_url": url}
@@ -820,7 +844,7 @@ def scrape(sources: Iterable[str], cfg: ScrapeConfig, *, session: requests.Sessi
         progress.update()
 
     final_urls: dict[str, str] = {}
-    crawl_skipped = 0
+    skipped: set[str] = set()  # found after max_pages
     while queue:
         url, depth = queue.popleft()
         rec, text = fetcher.fetch(url, depth, domains if depth > 0 else None)
@@ -838,7 +862,7 @@ def scrape(sources: Iterable[str], cfg: ScrapeConfig, *, session: requests.Sessi
                     if link in seen or not domain_allowed(link, domains):
                         continue
                     if len(seen) >= cfg.max_pages:
-                        crawl_skipped += 1
+                        skipped.add(link)
                         continue
                     seen.add(link)
                     queue.append((link, depth + 1))
@@ -846,9 +870,9 @@ def scrape(sources: Iterable[str], cfg: ScrapeConfig, *, session: requests.Sessi
         if rec["status"] != "ok":
             log.warning("%s: %s (%s)", url, rec["status"], rec["error"])
         progress.update()
-    if crawl_skipped:
+    if skipped:
         log.warning("crawl: %d more URLs found after max_pages=%d were not fetched",
-                    crawl_skipped, cfg.max_pages)
+                    len(skipped), cfg.max_pages)
 
     pages: dict[str, str] = {}
     pages_dir = Path(pages_dir)
@@ -856,7 +880,7 @@ def scrape(sources: Iterable[str], cfg: ScrapeConfig, *, session: requests.Sessi
         path = (pages_dir / safe_filename(url)).as_posix()
         rows[url]["path"] = path
         pages[path] = text
-    return ScrapeResult([rows[u] for u in sorted(rows)], pages, crawl_skipped)
+    return ScrapeResult([rows[u] for u in sorted(rows)], pages, len(skipped))
 
 
 def summarise(result: ScrapeResult | list[dict]) -> dict:

@@ -4,7 +4,9 @@ names (property test), local folder sources, crawl limits, and the min_ok_fracti
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
+import socket
 import re
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policytune import records
-from policytune.params import load_section
+from policytune.params import ParamsError, load_section
 from stages import scrape as S
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +118,7 @@ class Site:
         if path == "/go-offsite":
             return send(302, b"", None, [("Location", f"http://localhost:{port}/d.html")])
         if path == "/slow":
-            self.release.wait(2.0)
+            self.release.wait(3.0)
             return send(body=page("Slow"))
         if path == "/truncated":
             return send(body=b"<html><body><p>only the start", length=10_000)
@@ -129,6 +131,11 @@ class Site:
             for _ in range(20):
                 h.wfile.write(b"y" * 10_000)
             return None
+        if path == "/gzip.html":
+            return send(body=gzip.compress(page("Gzip")), headers=[("Content-Encoding", "gzip")])
+        if path == "/gzip-bomb.html":  # 200 KB of HTML in ~300 bytes on the wire
+            return send(body=gzip.compress(b"<html>" + b" " * 200_000),
+                        headers=[("Content-Encoding", "gzip")])
         if path == "/doc.pdf":
             return send(body=b"%PDF-1.4 not really", ctype="application/pdf")
         if path == "/cp1252.html":
@@ -267,7 +274,7 @@ def test_fault_routes_end_up_in_manifest(site, tmp_path):
     saved_pages = sorted(p.name for p in (tmp_path / "raw" / "pages").iterdir())
     assert saved_pages == sorted(Path(r["path"]).name for r in rows if r["status"] == "ok")
     # 1 s Retry-After + 2 x 0.5 s timeouts + small backoffs; no long sleeps
-    assert elapsed < 8, elapsed
+    assert elapsed < 15, elapsed
 
 
 def test_retry_after_is_honoured(site):
@@ -282,6 +289,29 @@ def test_retries_zero_gives_up_at_once(site):
     cfg = config(retries=0)
     rec, _ = S.fetch(site.base + "/flaky", cfg, session_for(cfg))
     assert rec["status"] == "http_500" and rec["attempts"] == 1
+
+
+def test_gzip_bodies_are_decoded_and_capped_after_decoding(site):
+    cfg = config()
+    rec, text = S.fetch(site.base + "/gzip.html", cfg, session_for(cfg))
+    assert rec["status"] == "ok" and "Gzip" in text
+    assert rec["sha256"] == records.sha256_bytes(page("Gzip"))
+    rec, _ = S.fetch(site.base + "/gzip-bomb.html", cfg, session_for(cfg))
+    assert rec["status"] == "too_large"
+
+
+def test_unreachable_host_is_a_connection_error():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/page.html"
+    cfg = config()
+    rec, _ = S.fetch(url, cfg, session_for(cfg))  # robots.txt is tried first and fails
+    assert rec["status"] == "connection_error" and "robots.txt" in rec["error"]
+    assert rec["attempts"] == 0  # the page itself was never requested
+    cfg = config(respect_robots=False)
+    rec, _ = S.fetch(url, cfg, session_for(cfg))
+    assert rec["status"] == "connection_error" and rec["attempts"] == 2
 
 
 def test_parse_retry_after_seconds_and_http_date():
@@ -566,6 +596,13 @@ def test_params_section_of_the_repo_loads():
     for f in dataclasses.fields(S.ScrapeConfig):
         assert f.metadata.get("help"), f.name
     assert S.ScrapeConfig().user_agent.startswith("policytune/0.1 (+")
+
+
+@pytest.mark.parametrize("bad", [{"retries": -1}, {"min_ok_fraction": 1.5}, {"timeout_s": 0},
+                                 {"sources": ["ok", ""]}, {"max_depht": 2}])
+def test_bad_params_are_rejected(tmp_path, bad):
+    with pytest.raises(ParamsError):
+        load_section(S.ScrapeConfig, "scrape", write_params(tmp_path, **bad))
 
 
 # --------------------------------------------------------------------------- the bundled sample site
