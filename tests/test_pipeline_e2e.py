@@ -1,0 +1,88 @@
+"""End-to-end: the real `dvc repro` of the whole pipeline in a throw-away copy of the repo,
+with the tiny models, then a no-op rerun and a one-page change that must rerun only what
+depends on that page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_repo, run, set_params
+from policytune.records import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "models": {"student": "tiny-llama", "teacher": "tiny-llama", "judge": "tiny-llama",
+               "encoder": "all-minilm-l6-v2"},
+    "prepare": {"dtype": "float32"},
+    "scrape": {"delay_s": 0.0},
+}
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    set_params(repo, TINY)
+    t0 = time.monotonic()
+    p = run(["dvc", "repro"], repo, timeout=1800)
+    (repo / "e2e_repro.log").write_text(p.stdout + p.stderr)
+    print(f"cold dvc repro: {time.monotonic() - t0:.1f}s")
+    return repo
+
+
+def test_repro_builds_every_data_artifact(built):
+    manifest = read_jsonl(built / "data/raw/manifest.jsonl")
+    ok = [r for r in manifest if r["status"] == "ok"]
+    assert len(ok) >= 12
+    assert {r["status"] for r in manifest} <= {"ok", "robots_disallowed"}
+    pdfs = sorted((built / "data/pdf").glob("*.pdf"))
+    assert len(pdfs) == len(ok)
+    chunks = read_jsonl(built / "data/chunks.jsonl")
+    assert len({c["doc_id"] for c in chunks}) == len(ok)
+    assert all(c["text"].strip() and c["url"] for c in chunks)
+    assert not any("cookie" in c["text"].lower() and "accept" in c["text"].lower() for c in chunks)
+
+
+def test_noop_repro_does_nothing(built):
+    status = run(["dvc", "status"], built)
+    assert "up to date" in status.stdout, status.stdout
+    t0 = time.monotonic()
+    p = run(["dvc", "repro"], built)
+    assert stages_run(p.stdout) == [], p.stdout
+    assert time.monotonic() - t0 < 60
+
+
+def test_changing_one_page_reruns_only_its_outputs(built, tmp_path):
+    repo = tmp_path / "changed"
+    shutil.copytree(built, repo, symlinks=True)
+    pdf_dir = repo / "data/pdf"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in pdf_dir.glob("*.pdf")}
+    chunks_before = read_jsonl(repo / "data/chunks.jsonl")
+
+    page = repo / "data/sample_site/hr/leave.html"
+    html = page.read_text(encoding="utf-8")
+    marker = "Employees may carry over at most 7 unused leave days into the first quarter."
+    page.write_text(html.replace("</h1>", f"</h1>\n<p>{marker}</p>", 1), encoding="utf-8")
+
+    p = run(["dvc", "repro"], repo, timeout=1800)
+    ran = stages_run(p.stdout)
+    assert not any(s.startswith("prepare_models") for s in ran), ran
+    assert {"scrape", "render", "extract"} <= set(ran), ran
+
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in pdf_dir.glob("*.pdf")}
+    changed = [n for n in after if before.get(n) != after[n]]
+    assert len(changed) == 1, f"only the edited page's PDF may change, got {changed}"
+    chunks_after = read_jsonl(repo / "data/chunks.jsonl")
+    changed_doc = {c["doc_id"] for c in chunks_after if marker in c["text"]}
+    assert len(changed_doc) == 1
+    keep = lambda rows: sorted(c["chunk_id"] for c in rows if c["doc_id"] not in changed_doc)  # noqa: E731
+    assert keep(chunks_before) == keep(chunks_after), "chunks of untouched pages must not change"
