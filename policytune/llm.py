@@ -15,8 +15,8 @@ the complete JSON. ``n_tokens`` counts generated tokens only (not the prefill, n
 
 - ``local``: a transformers causal LM from a model folder (``models/teacher``). Prompts are
   rendered with the tokenizer's chat template, sorted by length, and generated in batches with
-  left padding and the KV cache; greedy when ``temperature == 0``, else seeded sampling. bf16
-  where the CPU/GPU supports it, float32 otherwise. The model is loaded on the first ``chat``,
+  left padding and the KV cache; greedy when ``temperature == 0``, else seeded sampling. Loaded
+  through :mod:`policytune.models` (dtype "auto": bf16 where it runs natively, else float32). The model is loaded on the first ``chat``,
   so a run served entirely from a cache never loads it.
 - ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp server,
   Ollama, OpenAI). The API key is read from the environment variable named in params, never
@@ -149,29 +149,6 @@ def _run_concurrently(fn: Callable[[int], Completion], n: int, concurrency: int)
 # local
 
 
-def bf16_supported(device: str = "cpu") -> bool:
-    """True when bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # pragma: no cover - older torch
-        return False
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if bf16_supported(device) else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise BackendError(f"dtype must be auto|float32|bfloat16|float16, got {dtype!r}") from None
-
-
 def _file_sha_memo() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return root / "policytune" / "file_sha256.json"
@@ -211,24 +188,6 @@ def dir_fingerprint(path: str | Path) -> str:
     return stable_id(parts, n=64)
 
 
-def _load_tokenizer(model_dir: str):
-    try:  # the shared loader, once it exists
-        from policytune.models import load_tokenizer  # type: ignore
-        return load_tokenizer(model_dir)
-    except ImportError:
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(model_dir)
-
-
-def _load_causal_lm(model_dir: str, dtype):
-    try:
-        from policytune.models import load_causal_lm  # type: ignore
-        return load_causal_lm(model_dir, dtype=dtype)
-    except ImportError:
-        from transformers import AutoModelForCausalLM
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-
-
 class LocalBackend(Backend):
     """A transformers causal LM from a local folder, batched with left padding."""
 
@@ -264,23 +223,24 @@ class LocalBackend(Backend):
         import torch
         from transformers import GenerationConfig
 
-        if not Path(self.model_dir).is_dir():
+        from policytune.models import ensure_pad_token, load_causal_lm, load_tokenizer
+
+        if not Path(self.model_dir).is_dir() and (self._model is None or self._tok is None):
             raise BackendError(f"model folder {self.model_dir} not found; run `dvc repro prepare_models` "
                                f"(or set model_dir to a local Hugging Face model folder)")
         device = self.device_name
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         t0 = time.monotonic()
-        tok = self._tok or _load_tokenizer(self.model_dir)
+        tok = self._tok or load_tokenizer(self.model_dir, padding_side="left")
         if not getattr(tok, "chat_template", None):
             raise BackendError(f"{self.model_dir}: tokenizer has no chat template; "
                                f"prepare_models must write one (policytune.chat.FALLBACK_CHAT_TEMPLATE)")
         tok.padding_side = "left"
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
+        ensure_pad_token(tok)
         model = self._model
-        if model is None:
-            model = _load_causal_lm(self.model_dir, resolve_dtype(self.dtype_name, device))
+        if model is None:  # dtype "auto": bf16 where it runs natively, else float32 (models.resolve_dtype)
+            model = load_causal_lm(self.model_dir, dtype=self.dtype_name, device=device)
         model.to(device).eval()
         # A clean generation config: a model's shipped sampling defaults (top_k, top_p,
         # repetition_penalty...) must not silently change what "greedy" or "seeded" means here.
