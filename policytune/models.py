@@ -122,7 +122,7 @@ def resolve_spec(spec: str, catalog: Mapping[str, CatalogEntry] = CATALOG) -> Re
         return Resolved(spec, "folder", path=path.resolve())
     if path.is_file() and path.suffix == ".gguf":
         return Resolved(spec, "gguf", path=path.resolve())
-    if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
+    if _HUB_ID.match(spec):
         return Resolved(spec, "hub", hub_id=spec)
     raise ModelSourceError(
         f"model spec {spec!r} is not a catalog name ({', '.join(catalog)}), "

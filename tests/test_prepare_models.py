@@ -153,6 +153,8 @@ def test_resolve_spec_kinds_and_unknown(tmp_path):
     assert models.resolve_spec("tiny-llama").source == "catalog"
     assert models.resolve_spec(str(tmp_path)).source == "folder"
     assert models.resolve_spec("Qwen/Qwen2.5-1.5B-Instruct").source == "hub"
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert models.resolve_spec(str(tmp_path / "m.gguf")).source == "gguf"
     with pytest.raises(models.ModelSourceError, match="not a catalog name.*tiny-llama"):
         models.resolve_spec("no such model")
 
