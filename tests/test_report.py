@@ -1,0 +1,220 @@
+"""report stage on fixture metrics: the study's tables, verdicts from the CIs, judge tables or
+"judge not run", escaped user text, and the HTML rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from policytune import metrics as M
+from policytune.records import write_json, write_jsonl
+from stages import report as R
+from stages.evaluate import COMPARISONS, METRICS
+
+N = 40
+EVIL = '<script>alert("x")</script> | *bold* [link](http://e.invalid) <img src=x onerror=alert(1)>'
+JUDGE = ["Correctness", "Helpfulness", "Relevance", "Coherence", "Consistency"]
+
+
+def _fixture_rows(seed: int = 0):
+    """Fine-tuned clearly better on BERTScore/token-F1, lower reference perplexity, no change on
+    cosine; one answer carries markup that must stay inert."""
+    rng = np.random.default_rng(seed)
+    per_example, answers = [], []
+    for i in range(N):
+        q = f"q{i:02d}"
+        base = {"bertscore_f1": rng.uniform(0.5, 0.8), "cosine": rng.uniform(0.4, 0.9),
+                "relevance": rng.uniform(0.5, 0.9), "token_f1": rng.uniform(0.1, 0.4),
+                "rouge_l": rng.uniform(0.1, 0.4), "bleu": rng.uniform(0.0, 0.2),
+                "answer_len": float(rng.integers(10, 60)), "ref_nll": rng.uniform(2.0, 3.0)}
+        ft = dict(base)
+        ft["bertscore_f1"] += 0.05 + rng.normal(0, 0.01)
+        ft["token_f1"] += 0.08 + rng.normal(0, 0.02)
+        ft["cosine"] += rng.normal(0, 0.05)
+        ft["ref_nll"] -= 0.5 + rng.normal(0, 0.05)
+        if i == 3:  # the largest gain, so it is shown among the examples
+            ft["bertscore_f1"] += 0.2
+        for name, vals in (("base", base), ("finetuned", ft)):
+            vals = {**vals, "bertscore_p": vals["bertscore_f1"], "bertscore_r": vals["bertscore_f1"],
+                    "ref_ppl": float(np.exp(vals["ref_nll"]))}
+            per_example.append({"qa_id": q, "model": name, **vals})
+            answer = EVIL if (i == 3 and name == "finetuned") else f"{name} answer to question {i}"
+            answers.append({"qa_id": q, "model": name, "question": f"Question {i} about policy? " + (EVIL if i == 3 else ""),
+                            "reference": f"Reference answer {i}.", "answer": answer,
+                            "gen": {"max_new_tokens": 64, "do_sample": False}, "n_tokens": 12})
+    return per_example, answers
+
+
+def _flat(per_example):
+    models = ["base", "finetuned"]
+    comps = [c for c in COMPARISONS if c[1] in models and c[2] in models]
+    return M.flat_summary(per_example, models, METRICS, comps, n_resamples=500, seed=0)
+
+
+def _judge_scores(seed: int = 1):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(N):
+        for name, shift in (("base", 0.0), ("finetuned", 0.1)):
+            for metric in JUDGE:
+                failed = (metric == "Consistency" and name == "base" and i < 3)
+                score = None if failed else float(np.clip(rng.uniform(0.3, 0.8) + shift, 0, 1))
+                rows.append({"qa_id": f"q{i:02d}", "model": name, "metric": metric, "score": score,
+                             "reason": "unparseable" if failed else "ok", "failed": failed})
+    return rows
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A repository-like folder with evaluate outputs and lineage files."""
+    monkeypatch.chdir(tmp_path)
+    pe, answers = _fixture_rows()
+    write_jsonl("data/eval/per_example.jsonl", pe)
+    write_jsonl("data/eval/answers.jsonl", answers)
+    write_json("metrics/eval.json", _flat(pe))
+    write_json("data/stats/evaluate.json", {"models": {"base": {"tokens": 480, "generate_s": 2.0, "tokens_per_s": 240.0,
+                                                                  "truncated": 1, "empty_answers": 0, "dtype": "float32"}},
+                                            "questions": N, "seconds": 12.5,
+                                            "params": {"bootstrap": {"ci": 0.95}}})
+    write_jsonl("data/raw/manifest.jsonl", [{"url": "https://example.invalid/a", "sha256": "00"}])
+    write_jsonl("data/chunks.jsonl", [{"chunk_id": "c1", "text": "t"}])
+    write_jsonl("data/qa.jsonl", [{"qa_id": f"x{i}"} for i in range(60)])
+    for split, n in (("train", 42), ("val", 9), ("test", N)):
+        write_jsonl(f"data/split/{split}.jsonl", [{"qa_id": f"{split}{i}"} for i in range(n)])
+    write_json("models/student/policytune_model.json", {
+        "role": "student", "spec": "smollm2-135m-instruct", "kind": "causal_lm", "dtype": "bfloat16",
+        "n_params": 134515008, "chat_template_sha": "abcd", "source": {"name": "smollm2", "sha256": "f" * 64}})
+    Path("params.yaml").write_text(yaml.safe_dump({"evaluate": {"max_new_tokens": 64, "system_prompt": EVIL},
+                                                   "report": {"n_examples": 4}}))
+    return tmp_path
+
+
+def _verdict_of(md: str, label: str, caption_start: str) -> str:
+    section = md.split(caption_start, 1)[0]
+    row = [line for line in section.splitlines() if line.startswith(f"| {label} |")][-1]
+    return row.strip("|").split("|")[-1].strip()
+
+
+def test_report_without_judge(workdir):
+    R.main([])
+    md = Path("metrics/report.md").read_text()
+    html_text = Path("metrics/report.html").read_text()
+    # the study's Table 1 layout: stats rows, model column groups
+    assert "Table 1" in md
+    for stat in ("mean", "std", "min", "25%", "50%", "75%", "max"):
+        assert re.search(rf"^\| {re.escape(stat)} \| [0-9.]+ \|", md, re.M), stat
+    assert "|  | Fine-tuned | | | Base | | |" in md
+    # verdicts follow the CIs and the metric's direction
+    cap = "*Fine-tuned − base"
+    assert _verdict_of(md, "BERTScore F1", cap) == "better"
+    assert _verdict_of(md, "Token F1", cap) == "better"
+    assert _verdict_of(md, "Reference perplexity", cap) == "better"  # lower perplexity is better
+    assert _verdict_of(md, "Cosine similarity", cap) == "no significant difference"
+    assert "judge not run" in md and "judge not run" in html_text
+    # lineage
+    assert "Corpus hash (sha256 of data/raw/manifest.jsonl)" in md
+    assert "| QA pairs generated (data/qa.jsonl) | 60 |" in md
+    assert "Split test | 40 rows" in md
+    assert "smollm2-135m-instruct" in md and "max_new_tokens: 64" in md
+    # examples side by side, user text inert in both renderings
+    assert "| Reference | Base answer | Fine-tuned answer |" in md
+    assert "<script>" not in html_text and "&lt;script&gt;" in html_text
+    assert "<img src=x" not in html_text
+    prose = re.sub(r"```.*?```", "", md, flags=re.S)  # inside a code fence markup is shown as text
+    assert "<script>" not in prose and "\\<script\\>" in prose
+    assert "Example 1 (q03): largest gain" in md
+    # plots exist and are referenced from both
+    for png in ("distributions.png", "deltas.png"):
+        assert (Path("metrics/report_assets") / png).stat().st_size > 5000
+        assert f"report_assets/{png}" in md and f"report_assets/{png}" in html_text
+    assert html_text.count("<table>") >= 5
+
+
+def test_report_with_judge(workdir):
+    scores = _judge_scores()
+    write_jsonl("data/judge/scores.jsonl", scores)
+    # judge.json as the judge stage writes it; its delta keys are used as they are
+    jflat = {"n": N, "judgements": len(scores), "failures": 3, "judge_calls": 400, "cache_hits": 0,
+             "base.consistency.failures": 3, "delta.correctness.mean": 0.1, "delta.correctness.ci_low": 0.05,
+             "delta.correctness.ci_high": 0.15}
+    write_json("metrics/judge.json", jflat)
+    R.main([])
+    md = Path("metrics/report.md").read_text()
+    assert "judge not run" not in md
+    assert "Table 2. Fine-tuned metrics as scored by the LLM judge" in md
+    assert "Table 3. Base metrics as scored by the LLM judge" in md
+    for name in JUDGE:
+        assert f"{name} (judge)" in md
+    # failures counted: 3 for base Consistency, 0 elsewhere
+    assert "| Base | Consistency | 3 | 40 |" in md
+    assert "| Fine-tuned | Correctness | 0 | 40 |" in md
+    assert "+0.100 \\[+0.050, +0.150\\]" in md  # from judge.json, not recomputed
+    # the rest computed from the scores: +0.1 shift on every metric -> better
+    cap = "*Fine-tuned − base"
+    assert _verdict_of(md, "Judge Helpfulness", cap) == "better"
+    assert (Path("metrics/report_assets") / "judge.png").is_file()
+    assert "Judge Correctness" in md  # in the headline list too
+
+
+def test_pick_examples_and_md_escape():
+    pe, _ = _fixture_rows()
+    picks = R.pick_examples(pe, "bertscore_f1", 5)
+    assert len(picks) == 5 and len({q for q, _ in picks}) == 5
+    assert "largest gain" in picks[0][1] and "largest gain" in picks[1][1]
+    assert [w.split(" in ")[0] for _, w in picks][2:4] == ["smallest gain", "smallest gain"]  # no losses here
+    worse = [dict(r, bertscore_f1=-r["bertscore_f1"]) if r["model"] == "finetuned" else r for r in pe]
+    assert any("largest loss" in w for _, w in R.pick_examples(worse, "bertscore_f1", 5))
+    assert any(w.startswith("typical") for _, w in picks)
+    assert R.md_text("a|b\nc *d*") == "a\\|b<br>c \\*d\\*"
+    assert R.fmt(None) == "–" and R.fmt(0.12345) == "0.123" and R.fmt(1234.5, "ref_ppl") == "1234.5"
+    assert R.judge_key("Correctness") == "correctness" and R.judge_key("Answer Relevancy") == "answer_relevancy"
+
+
+def test_report_requires_evaluate_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("report: {}\n")
+    with pytest.raises(SystemExit, match="run the evaluate stage first"):
+        R.main([])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
+    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_html_renders_in_headless_chromium(workdir, tmp_path):
+    from PIL import Image
+
+    write_jsonl("data/judge/scores.jsonl", _judge_scores())
+    write_json("metrics/judge.json", {"n": N})
+    R.main([])
+    page = (Path("metrics/report.html")).resolve()
+    profile = tmp_path / "chromium-profile"
+    shot = tmp_path / "shot.png"
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+              f"--user-data-dir={profile}"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    p = subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert shot.is_file(), f"no screenshot; chromium said:\n{p.stderr[-3000:]}"
+    img = Image.open(shot).convert("L")
+    assert img.size == (1200, 2000)
+    px = np.asarray(img)
+    # not blank: plenty of non-white pixels and real contrast (text, table borders)
+    assert (px < 200).mean() > 0.01 and px.std() > 20, (px.mean(), px.std())
+    dom = subprocess.run(common + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180, env=env)
+    assert "<table>" in dom.stdout and "Table 1: similarity metrics" in dom.stdout
+    assert "Table 2. Fine-tuned metrics" in dom.stdout
+    assert "<script>" not in dom.stdout  # the injected markup stayed text
+    # every image loaded (naturalWidth > 0) is hard to see in a dump; check the files it points at
+    for src in re.findall(r'<img src="([^"]+)"', dom.stdout):
+        assert (page.parent / src).is_file(), src
