@@ -44,6 +44,7 @@ from typing import Any, Optional
 
 os.environ["DEEPEVAL_TELEMETRY_OPT_OUT"] = "YES"  # deepeval must never phone home
 os.environ.setdefault("DEEPEVAL_DISABLE_DOTENV", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from policytune.llm import BedrockConfig, OpenAIConfig  # noqa: E402
 from policytune.params import ParamsError, load_section, to_dict  # noqa: E402
@@ -283,9 +284,11 @@ def build_judge(cfg: JudgeConfig):
 
 
 def _judge_identity(judge, cfg: JudgeConfig) -> dict:
-    ident = {"fingerprint": judge.fingerprint(), "max_new_tokens": cfg.max_new_tokens}
+    """What a judgement depends on besides its prompt: the model (content hash of a local folder,
+    the pinned model id of an API), how the score is read, and the generation settings."""
+    ident = {"fingerprint": judge.fingerprint()}
     if judge.scoring == "text":
-        ident["temperature"] = cfg.temperature
+        ident.update(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     if cfg.backend == "local":
         ident["dtype"] = cfg.dtype
     return ident
@@ -505,7 +508,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default=str(METRICS_PATH))
     ap.add_argument("--stats", default=str(STATS_PATH))
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         cfg = load_section(JudgeConfig, "judge", args.params)
         specs = metric_specs(cfg)
