@@ -2,9 +2,10 @@
 
 Reads   data/split/train.jsonl (split rows with ``messages``)
 Params  ``augment`` (see :class:`AugmentConfig`)
-Writes  data/augment/train.jsonl    every original train row, each followed by its augmented
-                                    copies (new ``qa_id``, ``augmentation`` {op, seed,
-                                    parent_qa_id, engine, copy}, ``messages`` rebuilt)
+Writes  data/augment/train.jsonl    every original train row (``augmentation: null``), each
+                                    followed by its augmented copies (new ``qa_id``,
+                                    ``augmentation`` {op, seed, parent_qa_id, engine, copy,
+                                    fields}, ``messages`` rebuilt)
         data/augment/skipped.jsonl  every planned copy that was not emitted, with its reason
         data/stats/augment.json     rows in/out, augmented by op, skipped by reason, engines
 
@@ -105,7 +106,8 @@ class AugmentConfig:
     seed: int = field(default=42, metadata={"help": "global seed; each copy's seed derives from it and the qa_id"})
     copies: int = field(default=1, metadata={"help": "augmented copies drawn per train row"})
     weights: dict = field(default_factory=lambda: {op: 1.0 for op in OPS}, metadata={
-        "help": "relative probability of each op (synonym, back_translation, char_delete, char_swap); 0 disables"})
+        "help": "relative probability of each op (synonym, back_translation, char_delete, char_swap); "
+                "0 or left out disables it"})
     augment_answer: bool = field(default=False, metadata={"help": "also augment the answer (default: answers stay clean)"})
     synonym: SynonymConfig = field(default_factory=SynonymConfig)
     back_translation: BackTranslationConfig = field(default_factory=BackTranslationConfig)
@@ -731,8 +733,7 @@ def augment_records(rows: Sequence[dict], cfg: AugmentConfig, engines: Engines,
     for p in plans:
         by_parent.setdefault(p["row"]["qa_id"], []).append(p)
     for r in rows:
-        base = {k: v for k, v in r.items()}
-        out.append(base)
+        out.append({**r, "augmentation": None})  # same keys on every row (one schema for readers)
         emitted = {(r["question"], r["answer"])}
         for p in by_parent.get(r["qa_id"], []):
             planned_by_op[p["op"]] += 1

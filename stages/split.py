@@ -247,8 +247,8 @@ def split_records(rows: Sequence[dict], cfg: SplitConfig, external: Optional[lis
         out[s] = [{**r, "messages": to_messages(r["question"], r["answer"], system=cfg.system_prompt)}
                   for r in out[s]]
 
-    def groups_in(split: str) -> int:
-        return len({group_key(r, cfg.group_by) for r in out[split]}) if not (split == "test" and external) else 0
+    def groups_in(split: str) -> int | None:  # external test rows have no source groups
+        return None if split == "test" and external else len({group_key(r, cfg.group_by) for r in out[split]})
 
     n_out = sum(len(out[s]) for s in SPLITS)
     stats = {

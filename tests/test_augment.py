@@ -345,9 +345,10 @@ def test_augmented_rows_lineage_messages_and_clean_answers():
     rows = rows_for(30)
     out, skipped, stats = run(rows)
     parents = {r["qa_id"]: r for r in rows}
-    aug = [r for r in out if "augmentation" in r]
+    aug = [r for r in out if r["augmentation"]]
     assert len(aug) + len(skipped) == 30 and stats["rows_out"] == 30 + len(aug)
-    assert [r for r in out if "augmentation" not in r] == rows
+    assert [{k: v for k, v in r.items() if k != "augmentation"} for r in out if not r["augmentation"]] == rows
+    assert all(set(r) == set(aug[0]) for r in out)  # one schema
     assert {r["augmentation"]["op"] for r in aug} == {"back_translation", "char_delete", "char_swap"}
     for r in aug:
         p = parents[r["augmentation"]["parent_qa_id"]]
@@ -369,7 +370,7 @@ def test_augment_is_deterministic_per_record():
     assert out1 == out2
     # adding and removing rows changes no other row's augmentation
     out3, _, _ = run([train_row(99, "A brand new question about travel?")] + rows[5:], seed=3)
-    by_parent = lambda out: {r["augmentation"]["parent_qa_id"]: r for r in out if "augmentation" in r}
+    by_parent = lambda out: {r["augmentation"]["parent_qa_id"]: r for r in out if r["augmentation"]}
     b1, b3 = by_parent(out1), by_parent(out3)
     for qid in (r["qa_id"] for r in rows[5:]):
         assert b1.get(qid) == b3.get(qid)
@@ -389,13 +390,15 @@ def test_unchanged_and_number_changes_are_skipped_and_counted():
 def test_copies_weights_and_answer_augmentation():
     rows = rows_for(10)
     out, skipped, stats = run(rows, copies=3, weights={"char_delete": 1, "char_swap": 0})
-    aug = [r for r in out if "augmentation" in r]
+    aug = [r for r in out if r["augmentation"]]
     assert {r["augmentation"]["op"] for r in aug} == {"char_delete"}
     assert len(aug) + len(skipped) == 30
     assert all(s["reason"] == "duplicate_copy" for s in skipped)
     out, _, _ = run(rows, weights={"char_swap": 1}, augment_answer=True)
-    aug = [r for r in out if "augmentation" in r]
-    assert aug and all(r["answer"] != rows[0]["answer"] for r in aug[:1])
+    aug = [r for r in out if r["augmentation"]]
+    parents = {r["qa_id"]: r for r in rows}
+    assert aug and all(r["augmentation"]["fields"] == ["question", "answer"] for r in aug)
+    assert sum(r["answer"] != parents[r["augmentation"]["parent_qa_id"]]["answer"] for r in aug) >= len(aug) // 2
     assert all(r["messages"][-1]["content"] == r["answer"] for r in aug)
 
 
