@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_repo, run, set_params
-from policytune.records import read_jsonl
+from policytune.records import read_json, read_jsonl
+from teacher_server import TeacherServer
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +30,18 @@ def stages_run(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def teacher():
+    with TeacherServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, teacher):
     repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
     set_params(repo, TINY)
+    set_params(repo, {"generate_qa": {"backend": "openai", "batch_size": 4,
+                                      "openai": {"base_url": teacher.base_url, "model": "extractive",
+                                                 "max_retries": 1, "backoff_s": 0.1}}})
     t0 = time.monotonic()
     p = run(["dvc", "repro"], repo, timeout=1800)
     (repo / "e2e_repro.log").write_text(p.stdout + p.stderr)
@@ -50,6 +60,25 @@ def test_repro_builds_every_data_artifact(built):
     assert len({c["doc_id"] for c in chunks}) == len(ok)
     assert all(c["text"].strip() and c["url"] for c in chunks)
     assert not any("cookie" in c["text"].lower() and "accept" in c["text"].lower() for c in chunks)
+
+
+def test_repro_builds_labelled_data(built):
+    qa = read_jsonl(built / "data/qa.jsonl")
+    assert len(qa) >= 30
+    assert all(r["teacher"]["backend"] == "openai" and r["chunk_id"] and r["url"] for r in qa)
+    split = {s: read_jsonl(built / f"data/split/{s}.jsonl") for s in ("train", "val", "test")}
+    assert len(split["test"]) == 30 and all(r.get("external") for r in split["test"])
+    train_chunks = {r["chunk_id"] for r in split["train"]}
+    assert not train_chunks & {r["chunk_id"] for r in split["val"]}
+    aug = read_jsonl(built / "data/augment/train.jsonl")
+    ops = {r["augmentation"]["op"] for r in aug if r.get("augmentation")}
+    assert ops == {"synonym", "back_translation", "char_delete", "char_swap"}, ops
+    assert all(r["messages"][-1]["role"] == "assistant" for r in aug)
+    data = read_json(built / "metrics/data.json")
+    assert data["generate_qa"]["accepted"] == len(qa)
+    assert data["augment"]["rows_out"] == len(aug)
+    shown = run(["dvc", "metrics", "show"], built).stdout
+    assert "metrics/data.json" in shown and "generate_qa.accepted" in shown
 
 
 def test_noop_repro_does_nothing(built):
