@@ -122,17 +122,13 @@ def _span_bold(span: dict) -> bool:
 def page_text(page: pymupdf.Page) -> tuple[str, list[Block]]:
     """The page's text (the string chunk spans index into) and its blocks' spans in it."""
     data = page.get_text("dict", flags=TEXT_FLAGS, sort=False)
-    parts: list[str] = []
-    blocks: list[Block] = []
-    pos = 0
+    raw: list[dict] = []
     for b in data["blocks"]:
         if b.get("type") != 0:
             continue
-        text = ""
+        cur = {"text": "", "bbox": b["bbox"], "size_w": 0.0, "nchars": 0, "bold_n": 0, "latin_n": 0, "lines": 0,
+               "row_top": b["bbox"][1], "cell": b["bbox"], "is_row": False}
         prev_bbox = None
-        size_w = bold_n = latin_n = 0.0
-        nchars = 0
-        nlines = 0
         for line in b["lines"]:
             spans = line["spans"]
             ltext = _WS.sub(" ", "".join(s["text"] for s in spans)).strip()
@@ -140,33 +136,75 @@ def page_text(page: pymupdf.Page) -> tuple[str, list[Block]]:
                 continue
             for s in spans:
                 n = len(s["text"].strip())
-                size_w += s["size"] * n
-                nchars += n
+                cur["size_w"] += s["size"] * n
+                cur["nchars"] += n
                 non_cjk = len(_CJK_CHAR.sub("", s["text"]).strip())
-                latin_n += non_cjk
-                bold_n += non_cjk if _span_bold(s) else 0
+                cur["latin_n"] += non_cjk
+                cur["bold_n"] += non_cjk if _span_bold(s) else 0
             bbox = line["bbox"]
-            if text:
-                text += _line_sep(text, ltext, prev_bbox, bbox)
-            text += ltext
+            if cur["text"]:
+                sep = _line_sep(cur["text"], ltext, prev_bbox, bbox)
+                cur["is_row"] |= sep == " | "
+                cur["text"] += sep
+            cur["text"] += ltext
+            cur["cell"] = bbox
             prev_bbox = bbox
-            nlines += 1
-        if not text:
+            cur["lines"] += 1
+        if cur["text"]:
+            raw.append(cur)
+    # MuPDF makes the cells of some table rows (wrapped or <br>-split cells) blocks of their
+    # own. A block whose top lines up with the row's, right of its last cell, is the next cell;
+    # one flush under the last cell continues that cell -- when the row already has two cells or
+    # the block after it is the row's next cell.
+    merged: list[dict] = []
+    for i, cur in enumerate(raw):
+        prev = merged[-1] if merged else None
+        sep = None
+        if prev:
+            cell, bb = prev["cell"], cur["bbox"]
+            if _next_cell(prev, bb):
+                sep = " | "
+                prev["cell"] = bb
+            elif bb[0] < cell[2] and bb[2] > cell[0] and 0 <= bb[1] - cell[3] < 3 and (
+                    prev["is_row"] or (i + 1 < len(raw) and _next_cell(prev, raw[i + 1]["bbox"], bb))):
+                sep = _join(prev["text"], cur["text"])
+                prev["cell"] = (min(cell[0], bb[0]), cell[1], max(cell[2], bb[2]), bb[3])
+        if sep is not None:
+            prev["text"] += sep + cur["text"]
+            prev["is_row"] |= sep == " | "
+            for k in ("size_w", "nchars", "bold_n", "latin_n", "lines"):
+                prev[k] += cur[k]
             continue
+        merged.append(cur)
+    parts: list[str] = []
+    blocks: list[Block] = []
+    pos = 0
+    for m in merged:
         if parts:
             parts.append("\n")
             pos += 1
-        parts.append(text)
-        blocks.append(Block(pos, pos + len(text), size_w / max(nchars, 1),
-                            bold_n / latin_n if latin_n else 1.0, nlines))
-        pos += len(text)
+        parts.append(m["text"])
+        blocks.append(Block(pos, pos + len(m["text"]), m["size_w"] / max(m["nchars"], 1),
+                            m["bold_n"] / m["latin_n"] if m["latin_n"] else 1.0, m["lines"]))
+        pos += len(m["text"])
     return "".join(parts), blocks
+
+
+def _next_cell(row: dict, bb, after=None) -> bool:
+    """Is a block at ``bb`` the next cell of ``row`` (top aligned, right of its last cell)?"""
+    right_of = max(row["cell"][2], after[2] if after is not None else 0)
+    return abs(row["row_top"] - bb[1]) < 2 and bb[0] >= right_of - 0.5
 
 
 def _line_sep(before: str, after: str, prev_bbox, bbox) -> str:
     # A line that starts right of where the previous one ended is the next table cell.
     if prev_bbox is not None and bbox[0] >= prev_bbox[2] - 0.5:
         return " | "
+    return _join(before, after)
+
+
+def _join(before: str, after: str) -> str:
+    """Separator between a line and the wrapped line after it."""
     if _CJK_CHAR.match(after[0]) or _CJK_CHAR.match(before[-1]):
         return ""
     if before.endswith("-") and after[0].isalpha():
@@ -414,11 +452,10 @@ def main() -> int:
     docs = records.read_jsonl(PDF_MANIFEST)
     rows, stats = extract_all(docs, Path("."), cfg, log)
     records.write_jsonl(CHUNKS, rows)
-    stats["seconds"] = round(time.monotonic() - t0, 2)
-    records.write_json(STATS, stats)
-    log.info("%d docs, %d PDF pages -> %d chunks (%d tokens; %d duplicates, %d short dropped)",
+    records.write_json(STATS, stats)   # counts only: wall time would make `dvc metrics diff` noisy
+    log.info("%d docs, %d PDF pages -> %d chunks (%d tokens; %d duplicates, %d short dropped) in %.1fs",
              stats["docs"], stats["pdf_pages"], stats["chunks"], stats["tokens"],
-             stats["duplicates_dropped"], stats["short_dropped"])
+             stats["duplicates_dropped"], stats["short_dropped"], time.monotonic() - t0)
     if stats["docs_without_chunks"]:
         log.warning("%d documents produced no chunk", stats["docs_without_chunks"])
     return 0

@@ -28,7 +28,6 @@ Pipeline per page:
 
 from __future__ import annotations
 
-import dataclasses
 import html as htmlmod
 import io
 import re
@@ -41,8 +40,7 @@ from typing import Any
 
 import pymupdf
 from bs4 import BeautifulSoup, UnicodeDammit
-from bs4.element import (CData, Comment, Declaration, Doctype, NavigableString, ProcessingInstruction,
-                         Tag)
+from bs4.element import NavigableString, Tag
 
 from policytune import records
 from policytune.params import load_section, to_dict
@@ -107,7 +105,7 @@ BLOCK_TAGS = HEADINGS | {"p", "div", "section", "article", "main", "header", "fo
                          "li", "table", "thead", "tbody", "tfoot", "tr", "td", "th", "caption",
                          "blockquote", "pre", "dl", "dt", "dd", "figure", "figcaption", "address",
                          "details", "summary", "center", "hr", "body", "html", "nav", "aside",
-                         "fieldset", "legend", "hgroup", "search", "listing", "xmp", "plaintext"}
+                         "fieldset", "legend", "hgroup", "search"}
 INLINE_MAP = {"b": "b", "strong": "b", "i": "i", "em": "i", "cite": "i", "dfn": "i", "var": "i",
               "u": "u", "ins": "u", "sub": "sub", "sup": "sup", "code": "code", "tt": "code",
               "kbd": "code", "samp": "code", "small": "small", "mark": "b", "q": "q"}
@@ -125,12 +123,6 @@ _RAW_TEXT = [re.compile(rf"<{t}\b.*?(?:</{t}[^>]*>|$)", re.I | re.S)
              for t in ("script", "style", "noscript", "template", "textarea", "title", "xmp",
                        "iframe", "noembed", "noframes")]
 
-
-def _cut_raw_text(text: str, keep_title: bool = False) -> str:
-    for rx in _RAW_TEXT:
-        if not (keep_title and rx.pattern.startswith("<title")):
-            text = rx.sub(" ", text)
-    return text
 # Characters XML 1.0 forbids (C0 controls except tab/newline/CR, lone surrogates, U+FFFE/F).
 _BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 # Han, kana, hangul, CJK punctuation and full-width forms: set in the CJK font.
@@ -139,6 +131,13 @@ CJK_CHARS = ("\u1100-\u11ff\u2e80-\u2fdf\u2ff0-\u2fff\u3000-\u303f\u3040-\u30ff\
              "\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef"
              "\U00020000-\U0003134f")
 _CJK_RUN = re.compile(f"[{CJK_CHARS}]+")
+
+
+def _cut_raw_text(text: str, keep_title: bool = False) -> str:
+    for rx in _RAW_TEXT:
+        if not (keep_title and rx.pattern.startswith("<title")):
+            text = rx.sub(" ", text)
+    return text
 
 
 @dataclass
@@ -199,11 +198,32 @@ def _is_chrome(tag: Tag, pattern: re.Pattern) -> bool:
     return bool(hay.strip()) and bool(pattern.search(hay))
 
 
-def _holds_main(tag: Tag) -> bool:
-    if tag.name in ("main", "article") or _attr(tag, "role").lower() == "main":
-        return True
-    return tag.find(lambda t: t.name in ("main", "article") or _attr(t, "role").lower() == "main"
-                    or _attr(t, "id").lower() in ("content", "main-content", "main")) is not None
+def _in_article(t: Tag, max_up: int = MAX_DEPTH) -> bool:
+    node = t.parent
+    for _ in range(max_up):
+        if node is None:
+            return False
+        if node.name == "article":
+            return True
+        node = node.parent
+    return False
+
+
+def _is_main_like(t: Tag) -> bool:
+    return (t.name in ("main", "article") or _attr(t, "role").strip().lower() == "main"
+            or _attr(t, "id").strip().lower() in ("content", "main-content", "main"))
+
+
+def _main_holders(soup: BeautifulSoup, limit: int = 20) -> set[int]:
+    """ids of the first ``limit`` main-content elements and of all their ancestors (bounded:
+    hostile markup may nest thousands of <main>s inside thousands of <nav>s)."""
+    held: set[int] = set()
+    for t in soup.find_all(_is_main_like, limit=limit):
+        node = t
+        while node is not None and id(node) not in held:
+            held.add(id(node))
+            node = node.parent
+    return held
 
 
 def _text_len(tag: Tag) -> int:
@@ -317,6 +337,7 @@ def _plan_drops(soup: BeautifulSoup, pattern: re.Pattern | None,
     Returns (elements, whether some chrome had to be spared)."""
     drops: list[Tag] = []
     spared = False
+    holders = _main_holders(soup)
     stack: list[Any] = list(reversed(soup.contents))
     while stack:
         t = stack.pop()
@@ -330,9 +351,9 @@ def _plan_drops(soup: BeautifulSoup, pattern: re.Pattern | None,
             chrome = structural and (name in CHROME_TAGS or _attr(t, "role").strip().lower() in CHROME_ROLES)
             banner = structural and pattern is not None and _is_chrome(t, pattern)
             if chrome or banner:
-                if name == "header" and t.find_parent("article") is not None:
+                if name == "header" and _in_article(t):
                     pass          # an article's own header holds its heading
-                elif _holds_main(t):
+                elif id(t) in holders:
                     spared = True  # e.g. an unclosed <nav> swallowed the page: keep its content
                 else:
                     drops.append(t)
@@ -342,7 +363,9 @@ def _plan_drops(soup: BeautifulSoup, pattern: re.Pattern | None,
 
 
 class _Converter:
-    """Rebuild a BeautifulSoup subtree as whitelisted XHTML (iterative depth-capped recursion)."""
+    """Rebuild a BeautifulSoup subtree as whitelisted XHTML. Recursion is capped at MAX_DEPTH;
+    anything deeper is flattened to its text. Only plain NavigableStrings become text (comments,
+    CDATA, doctypes and processing instructions are skipped)."""
 
     def __init__(self, link_urls: bool):
         self.out: list[str] = []
@@ -396,7 +419,7 @@ class _Converter:
             self._wrap("p", n, depth)      # stray <li> outside a list
         elif name == "table":
             self._table(n, depth)
-        elif name in ("pre", "listing", "xmp", "plaintext"):
+        elif name == "pre":
             txt = "".join(str(s) for s in n.find_all(string=True) if type(s) is NavigableString)
             if txt.strip():
                 self.out.append("<pre>")
@@ -873,11 +896,10 @@ def main() -> int:
     old = records.read_jsonl(manifest) if manifest.exists() else []
     rows, stats = render_pages(raw, Path("."), PDF_DIR, cfg, old, log=log)
     records.write_jsonl(manifest, rows)
-    stats["seconds"] = round(time.monotonic() - t0, 2)
-    records.write_json(STATS, stats)
-    log.info("%d pages in -> %d PDFs (%d PDF pages): %d rendered, %d reused, %d removed, rejected %s",
+    records.write_json(STATS, stats)   # counts only: wall time would make `dvc metrics diff` noisy
+    log.info("%d pages in -> %d PDFs (%d PDF pages): %d rendered, %d reused, %d removed, rejected %s in %.1fs",
              stats["pages_in"], stats["pdfs"], stats["pdf_pages"], stats["rerendered"], stats["reused"],
-             stats["removed"], stats["rejected_by_reason"] or "none")
+             stats["removed"], stats["rejected_by_reason"] or "none", time.monotonic() - t0)
     if stats["pages_in"] and not stats["pdfs"]:
         log.error("no page produced a PDF")
         return 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pymupdf
 import pytest
@@ -39,6 +38,9 @@ LONG_DOC = f"""<html><head><title>Expenses Policy</title></head><body><main>
 <p>個人情報を外部のAIサービスに入力してはなりません。違反は二十四時間以内に情報セキュリティ責任者へ報告してください。</p>
 <h2>4. Meals</h2>
 <table><tr><th>Meal</th><th>Limit</th></tr><tr><td>Lunch</td><td>25</td></tr><tr><td>Dinner</td><td>45</td></tr></table>
+<table><tr><th>Completed years of continuous service with the cooperative</th><th>Working days of annual leave per calendar year</th>
+<th>Maximum carry-over into the next leave year</th></tr>
+<tr><td>0 to 2 years</td><td>25 days</td><td>5 days</td></tr></table>
 </main></body></html>"""
 
 CFG = E.ExtractConfig(max_tokens=60, overlap_tokens=12)
@@ -135,6 +137,9 @@ def test_headings_split_and_paths(chunked):
     assert "個人情報を外部のAIサービスに入力してはなりません。" in cjk
     meals = first_of["4. Meals"]["text"]
     assert "Meal | Limit" in meals and "Dinner | 45" in meals
+    # wrapped header cells (MuPDF puts their pieces in separate blocks) stay one table row
+    assert ("Completed years of continuous service with the cooperative | Working days of annual leave per "
+            "calendar year | Maximum carry-over into the next leave year\n0 to 2 years | 25 days | 5 days") in meals
 
 
 def test_records_ids_and_dedupe(corpus, chunked):

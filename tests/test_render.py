@@ -142,7 +142,7 @@ JUNK_TEXT = st.sampled_from(["<", ">", "&", "&amp;", "&#0;", "&#x110000;", "&nbs
 TEXT = st.lists(st.one_of(st.text(max_size=12), JUNK_TEXT), max_size=6).map("".join)
 attr_value = st.one_of(TEXT, st.sampled_from(["display:none", "cookie-banner", "main", "content",
                                               "presentation", "true", "3", "999999"]),
-                       st.integers(1, 4).map(lambda n: "x" * (20_000 * n)))
+                       st.integers(1, 4).map(lambda n: "x" * (5_000 * n)))   # 2 MB: see test_pathological_inputs
 attrs = st.lists(st.tuples(st.sampled_from(ATTRS), attr_value), max_size=3).map(
     lambda kv: "".join(f' {k}="{v.replace(chr(34), "")}"' for k, v in kv))
 
@@ -183,7 +183,7 @@ def tag_soup(depth: int = 3):
     return st.recursive(leaf, extend, max_leaves=25).map(lambda x: x if isinstance(x, str) else "".join(x))
 
 
-HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+HYP = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])
 
 
@@ -210,6 +210,16 @@ def test_hostile_tag_soup_never_crashes_or_leaks_script(html):
 def test_odd_encodings_never_crash_or_leak(body, codec):
     html = f'<html><head><meta charset="{codec}"></head><body>{body}</body></html>'
     _check(R.extract_main(html.encode(codec, errors="ignore"), "u"))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(tag_soup(), min_size=1, max_size=5).map("".join))
+def test_hostile_html_renders_to_a_pdf(fonts, html):
+    cfg = R.RenderConfig(min_chars=0)
+    c = R.extract_main(html, "u", cfg)
+    data, pages = R.render_pdf(c, "u", cfg, fonts)
+    assert pages >= 1
+    assert MARK not in pdf_text(data)
 
 
 @settings(max_examples=60, deadline=None)
