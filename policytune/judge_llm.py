@@ -263,6 +263,12 @@ class TextJudge(_JudgeBase):
     def supports_log_probs(self) -> bool:
         return False
 
+    def clone(self) -> "TextJudge":
+        """Same backend and settings, own call log and counters (one per worker thread)."""
+        return TextJudge(self.backend, max_retries=self.max_retries, temperature=self.temperature,
+                         max_new_tokens=self.max_new_tokens, seed=self.seed, prefill=self.prefill,
+                         score_range=self.score_range)
+
     def _prefill(self, kind: str) -> str | None:
         if not self.prefill:
             return None

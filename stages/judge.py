@@ -283,6 +283,15 @@ def build_judge(cfg: JudgeConfig):
                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, score_range=score_range)
 
 
+def judge_workers(cfg: JudgeConfig, judge) -> int:
+    """Judgements in flight at once: the API backend's ``concurrency`` for free-text API judges;
+    one for a local model (one model, one KV cache)."""
+    if judge.scoring != "text" or cfg.backend == "local":
+        return 1
+    sub = cfg.openai if cfg.backend == "openai" else cfg.bedrock
+    return max(1, int(getattr(sub, "concurrency", 1)))
+
+
 def _judge_identity(judge, cfg: JudgeConfig) -> dict:
     """What a judgement depends on besides its prompt: the model (content hash of a local folder,
     the pinned model id of an API), how the score is read, and the generation settings."""
@@ -410,8 +419,22 @@ def judge_answers(answers: list[dict], contexts: dict[str, tuple[str, str]], cfg
     ctx_sources = {"chunk": 0, "reference": 0}
     for qa in {a["qa_id"] for a in items}:
         ctx_sources[contexts.get(qa, ("", "reference"))[1]] += 1
-    for spec in specs:  # metric-major: the metric's prompt prefix stays in the KV cache
-        geval = gevals[spec["name"]]
+    def finish(spec: dict, item: dict, ctx_source: str, rec: dict) -> None:
+        if rec.get("failed"):
+            counters["failures"] += 1
+            log.warning("%s %s/%s: failed: %s", spec["name"], item["qa_id"], item["model"], rec["reason"][:200])
+        elif rec.get("attempts", 0) > 1:
+            counters["retried"] += 1
+        row = {"qa_id": item["qa_id"], "model": item["model"], "metric": spec["name"], "score": rec["score"],
+               "raw": rec.get("raw"), "reason": rec.get("reason", ""), "failed": bool(rec.get("failed")),
+               "attempts": rec.get("attempts", 0)}
+        if "context" in spec["params"]:
+            row["context_source"] = ctx_source
+        results[(item["qa_id"], item["model"], spec["name"])] = row
+        prog.update(note=f"cached {counters['cache_hits']} failed {counters['failures']}")
+
+    pending = []  # (spec, item, ctx_source, key, fields), metric-major: a metric's prefix stays KV-cached
+    for spec in specs:
         steps = steps_info[spec["name"]]["steps"]
         for item in items:
             context, ctx_source = contexts.get(item["qa_id"], (item["reference"], "reference"))
@@ -419,34 +442,64 @@ def judge_answers(answers: list[dict], contexts: dict[str, tuple[str, str]], cfg
             key = stable_id({"v": CACHE_VERSION, "judge": ident, "metric": spec["name"], "criteria": spec["criteria"],
                              "steps": steps, "rubric": rubric_items(cfg), "fields": fields}, n=32)
             if not item["answer"].strip():
-                rec = {"score": 0.0, "raw": None, "failed": False, "attempts": 0, "empty_answer": True,
-                       "reason": "empty answer: given the lowest score without calling the judge"}
                 counters["empty_answers"] += 1
+                finish(spec, item, ctx_source, {
+                    "score": 0.0, "raw": None, "failed": False, "attempts": 0,
+                    "reason": "empty answer: given the lowest score without calling the judge"})
+                continue
+            rec = cache.get(key)
+            # A cached failure is retried when max_retries was raised since.
+            if rec is not None and rec.get("failed") and rec.get("attempts", 0) < cfg.max_retries + 1:
+                rec = None
+            if rec is not None:
+                counters["cache_hits"] += 1
+                finish(spec, item, ctx_source, rec)
             else:
-                rec = cache.get(key)
-                # A cached failure is retried when max_retries was raised since.
-                if rec is not None and rec.get("failed") and rec.get("attempts", 0) < cfg.max_retries + 1:
-                    rec = None
-                if rec is not None:
-                    counters["cache_hits"] += 1
-                else:
-                    rec = judge_one(geval, judge, fields)
-                    counters["judged"] += 1
-                    counters["model_calls"] += rec["attempts"]
-                    counters["judge_seconds"] += rec.get("seconds", 0.0)
-                    cache.put(key, {**rec, "qa_id": item["qa_id"], "model": item["model"], "metric": spec["name"]})
-            if rec.get("failed"):
-                counters["failures"] += 1
-                log.warning("%s %s/%s: failed: %s", spec["name"], item["qa_id"], item["model"], rec["reason"][:200])
-            elif rec.get("attempts", 0) > 1:
-                counters["retried"] += 1
-            row = {"qa_id": item["qa_id"], "model": item["model"], "metric": spec["name"], "score": rec["score"],
-                   "raw": rec.get("raw"), "reason": rec.get("reason", ""), "failed": bool(rec.get("failed")),
-                   "attempts": rec.get("attempts", 0)}
-            if "context" in spec["params"]:
-                row["context_source"] = ctx_source
-            results[(item["qa_id"], item["model"], spec["name"])] = row
-            prog.update(note=f"cached {counters['cache_hits']} failed {counters['failures']}")
+                pending.append((spec, item, ctx_source, key, fields))
+
+    def done(task: tuple, rec: dict) -> None:
+        spec, item, ctx_source, key, _ = task
+        counters["judged"] += 1
+        counters["model_calls"] += rec["attempts"]
+        counters["judge_seconds"] += rec.get("seconds", 0.0)
+        cache.put(key, {**rec, "qa_id": item["qa_id"], "model": item["model"], "metric": spec["name"]})
+        finish(spec, item, ctx_source, rec)
+
+    workers = judge_workers(cfg, judge)
+    if workers <= 1 or len(pending) <= 1:
+        for task in pending:
+            done(task, judge_one(gevals[task[0]["name"]], judge, task[4]))
+    else:
+        # API judges: several requests in flight, each worker with its own judge wrapper and GEval
+        # objects (they hold per-measure state); the backend (HTTP session / boto3 client) is shared.
+        import threading
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        local = threading.local()
+        clones = []
+        clones_lock = threading.Lock()
+
+        def work(task: tuple) -> dict:
+            if not hasattr(local, "judge"):
+                local.judge = judge.clone()
+                local.gevals = {s["name"]: _make_geval(s, cfg, local.judge, steps_info[s["name"]]["steps"]) for s in specs}
+                with clones_lock:
+                    clones.append(local.judge)
+            return judge_one(local.gevals[task[0]["name"]], local.judge, task[4])
+
+        log.info("%d judgements to run, %d at a time", len(pending), workers)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(work, t): t for t in pending}
+            try:
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())  # main thread: cache writes, counters, progress
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        for c in clones:
+            for k, v in c.stats.items():
+                judge.stats[k] = judge.stats.get(k, 0) + v
 
     rows = [results[(a["qa_id"], a["model"], s["name"])] for a in items for s in specs]
     metrics = summarise(rows, items, specs, cfg)

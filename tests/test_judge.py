@@ -124,7 +124,8 @@ def grading_script(messages) -> str:
 
 
 def cfg_for(**kw) -> stage.JudgeConfig:
-    base = dict(backend="openai", metrics={"Correctness": stage.DEFAULT_METRICS["Correctness"]},
+    base = dict(backend="openai", openai=OpenAIConfig(concurrency=1),  # sequential unless a test asks
+                metrics={"Correctness": stage.DEFAULT_METRICS["Correctness"]},
                 evaluation_params={"Correctness": ["input", "actual_output", "expected_output"]},
                 bootstrap=200)
     base.update(kw)
@@ -535,3 +536,23 @@ def test_prefix_cache_gives_the_same_probabilities_as_a_full_pass(tiny_judge_dir
         a, b = cached.score_prompt(p), full.score_prompt(p)
         assert a.probs == pytest.approx(b.probs, abs=1e-4) and a.cached_tokens > 0 and b.cached_tokens == 0
     assert cached.stats["prefix_hits"] == 6 and len(cached._prefixes) == 1
+
+
+def test_concurrent_api_judge_gives_the_same_rows(tmp_path, openai_server):
+    """openai.concurrency > 1: judgements run in parallel (own GEval/wrapper per worker), same output."""
+    from policytune.llm import OpenAIBackend
+
+    port = openai_server.server_address[1]
+    outs = []
+    for conc in (1, 4):
+        oc = OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", model="loopback-judge", api_key_env="",
+                          max_retries=0, concurrency=conc, timeout_s=10.0)
+        cfg = cfg_for(openai=oc, metrics={k: stage.DEFAULT_METRICS[k] for k in ("Correctness", "Relevance")},
+                      evaluation_params={"Correctness": ["input", "actual_output", "expected_output"],
+                                         "Relevance": ["input", "actual_output"]})
+        judge = jl.TextJudge(OpenAIBackend(oc))
+        assert stage.judge_workers(cfg, judge) == conc
+        outs.append(stage.judge_answers(answers_fixture(), {}, cfg, judge, stage.JudgeCache(tmp_path / f"c{conc}")))
+    (rows1, m1, _), (rows4, m4, s4) = outs
+    assert rows1 == rows4 and m1 == m4 and m4["failures"] == 2
+    assert s4["judge_stats"]["attempts"] == m4["judge_calls"]  # the workers' counters are summed
