@@ -24,9 +24,10 @@ STOP = {"the", "a", "an", "of", "to", "in", "and", "or", "for", "on", "at", "by"
 
 
 def qa_pairs(prompt: str, n: int) -> list[dict]:
-    doc = DOC_RE.search(prompt)
-    title = (TITLE_RE.search(prompt) or [None, "the policy"])[1]
-    text = doc.group(1) if doc else ""
+    docs = DOC_RE.findall(prompt)  # the last one: the system prompt mentions the tags too
+    titles = TITLE_RE.findall(prompt)
+    title = titles[-1] if titles else "the policy"
+    text = docs[-1] if docs else ""
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s.strip()]
     facts = [s for s in sentences if FACT_RE.search(s) and 6 <= len(s.split()) <= 40]
     pairs = []
