@@ -22,6 +22,9 @@ TINY = {
                "encoder": "all-minilm-l6-v2"},
     "prepare": {"dtype": "float32"},
     "scrape": {"delay_s": 0.0},
+    "train": {"epochs": 2, "batch_tokens": 2048},
+    "evaluate": {"max_new_tokens": 16, "limit": 12, "bootstrap": {"n_resamples": 200}},
+    "judge": {"limit": 6, "max_new_tokens": 64},
 }
 
 
@@ -115,3 +118,21 @@ def test_changing_one_page_reruns_only_its_outputs(built, tmp_path):
     assert len(changed_doc) == 1
     keep = lambda rows: sorted(c["chunk_id"] for c in rows if c["doc_id"] not in changed_doc)  # noqa: E731
     assert keep(chunks_before) == keep(chunks_after), "chunks of untouched pages must not change"
+
+
+def test_repro_trains_evaluates_judges_and_reports(built):
+    train = read_json(built / "metrics/train.json")
+    assert train["best_eval_loss"] <= train["base_eval_loss"] + 1e-6
+    assert (built / "models/adapter/adapter_config.json").exists()
+    ev = read_json(built / "metrics/eval.json")
+    flat = json.dumps(ev)
+    for key in ("bertscore_f1", "cosine", "relevance", "ref_ppl"):
+        assert f'"{key}"' in flat or f"{key}." in flat, key
+    answers = read_jsonl(built / "data/eval/answers.jsonl")
+    assert {a["model"] for a in answers} == {"base", "finetuned"}
+    judge = read_json(built / "metrics/judge.json")
+    assert "failures" in json.dumps(judge)
+    report = (built / "metrics/report.md").read_text()
+    assert "fine-tuned" in report.lower() and "25%" in report
+    shown = run(["dvc", "metrics", "show"], built).stdout
+    assert "metrics/eval.json" in shown and "metrics/judge.json" in shown
