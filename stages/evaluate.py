@@ -4,7 +4,7 @@ Reads   data/split/test.jsonl      {qa_id, question, answer (the reference), chu
         data/chunks.jsonl          {chunk_id, text, ...}   (only with ``evaluate.rag.enabled``)
         models/student             the base model (plain Hugging Face folder)
         models/adapter             the LoRA adapter of the train stage (PEFT folder); when it
-                                   holds ``policytune_train.json`` its ``template_sha`` must equal
+                                   holds ``policytune_train.json`` its ``chat_template_sha`` must equal
                                    the chat template's sha here, else the stage stops
         models/encoder             sentence-transformers folder: BERTScore backbone, embeddings
 Params  ``evaluate`` (see :class:`EvaluateConfig`).
@@ -20,9 +20,11 @@ Writes  data/eval/answers.jsonl      {qa_id, model, question, reference, answer,
         data/stats/evaluate.json     timings (generation tokens/s per model), models, params
 
 Models: ``base`` (the student) and ``finetuned`` (student + adapter, merged in memory) answer
-with the same chat template, system prompt and generation params, in length-sorted batches with
-left padding (greedy by default). With RAG on, ``base_rag`` and ``finetuned_rag`` answer again
-with the encoder's top-k chunks in the prompt.
+with the same chat template, system prompt and generation params (greedy by default), longest
+prompt first with left padding. Greedy decoding uses continuous batching (a finished answer
+leaves the batch and a waiting question joins, so no compute is spent on finished rows);
+sampling uses ``model.generate`` on static batches. With RAG on, ``base_rag`` and
+``finetuned_rag`` answer again with the encoder's top-k chunks in the prompt.
 
 Metrics per (question, model):
 - BERTScore P/R/F1 (bert-score, the local encoder path as ``model_type``, no baseline rescale;
@@ -98,7 +100,10 @@ class EvaluateConfig:
     adapter_dir: str = field(default="models/adapter", metadata={"help": "LoRA adapter folder of the train stage"})
     encoder_dir: str = field(default="models/encoder", metadata={"help": "sentence-transformers folder"})
     max_new_tokens: int = field(default=128, metadata={"help": "generation limit per answer"})
-    batch_size: int = field(default=16, metadata={"help": "questions per generation batch (length-sorted, left-padded)"})
+    batch_size: int = field(default=16, metadata={"help": "questions decoded together (length-sorted, left-padded)"})
+    batching: str = field(default="continuous", metadata={
+        "help": "continuous: a finished answer leaves the batch and a waiting question joins (greedy only); "
+                "static: model.generate on fixed batches (also used whenever sampling is on)"})
     do_sample: bool = field(default=False, metadata={"help": "false = greedy decoding (reproducible)"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature (do_sample only)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling (do_sample only)"})
@@ -146,7 +151,7 @@ def check_adapter(adapter_dir: str | Path, tokenizer) -> dict:
                             "(`dvc repro train`) first")
     info_path = adapter_dir / TRAIN_INFO
     info = read_json(info_path) if info_path.is_file() else {}
-    want = info.get("template_sha")
+    want = info.get("chat_template_sha")
     have = template_sha(tokenizer)
     if want and want != have:
         raise EvaluateError(
@@ -154,7 +159,7 @@ def check_adapter(adapter_dir: str | Path, tokenizer) -> dict:
             f"but the base tokenizer renders with {have}. Prompts would not look like training prompts; "
             "retrain (`dvc repro train`) or evaluate with the tokenizer the adapter was trained with.")
     if not want:
-        log.warning("%s has no %s template_sha; cannot verify the chat template", adapter_dir, TRAIN_INFO)
+        log.warning("%s has no %s chat_template_sha; cannot verify the chat template", adapter_dir, TRAIN_INFO)
     return info
 
 
@@ -232,16 +237,26 @@ def gen_params(cfg: EvaluateConfig) -> dict:
     return g
 
 
+def is_greedy(gen: dict) -> bool:
+    return (not gen.get("do_sample") and gen.get("num_beams", 1) == 1
+            and float(gen.get("repetition_penalty", 1.0)) == 1.0)
+
+
 def generate(model, tokenizer, prompts: Sequence[list[dict]], gen: dict, batch_size: int,
-             progress: Optional[Progress] = None) -> list[dict]:
+             progress: Optional[Progress] = None, batching: str = "static") -> list[dict]:
     """Answer every prompt; returns [{answer, n_tokens, finish}] in prompt order.
 
-    Prompts are sorted by token length (longest first, so a memory problem shows at once) and
-    generated ``batch_size`` at a time with left padding; each answer is cut at its first stop
-    token. ``n_tokens`` counts generated tokens up to and including that stop token.
+    ``batching="continuous"`` (greedy decoding only) hands over to :func:`generate_continuous`.
+    Otherwise prompts are sorted by token length (longest first, so a memory problem shows at
+    once) and generated ``batch_size`` at a time with left padding by ``model.generate``.
+    Each answer is cut at its first stop token; ``n_tokens`` counts generated tokens up to and
+    including that stop token.
     """
     import torch
     from transformers import GenerationConfig
+
+    if batching == "continuous" and is_greedy(gen):
+        return generate_continuous(model, tokenizer, prompts, gen["max_new_tokens"], batch_size, progress)
 
     ids = render_prompts(tokenizer, prompts)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -275,6 +290,120 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], gen: dict, batch_s
                       "finish": "length" if cut is None else "eos"}
         if progress:
             progress.update(len(batch))
+    return out  # type: ignore[return-value]
+
+
+def _left_pad(seqs: Sequence[list[int]], pad: int):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        attn[row, width - len(seq):] = 1
+    return ids, attn
+
+
+def _pad_cache_left(cache, extra: int) -> None:
+    import torch
+
+    if extra <= 0:
+        return
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            z = torch.zeros((*t.shape[:2], extra, t.shape[3]), dtype=t.dtype, device=t.device)
+            setattr(layer, name, torch.cat([z, t], dim=2))
+
+
+def generate_continuous(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int,
+                        progress: Optional[Progress] = None, refill_at: Optional[int] = None) -> list[dict]:
+    """Greedy decoding with continuous batching; same result contract as :func:`generate`.
+
+    Up to ``batch_size`` questions decode together. A question that reaches a stop token (or
+    ``max_new_tokens``) leaves the batch at once — its rows are dropped from the KV cache — and
+    waiting questions (longest prompt first) are prefilled and merged in whenever at least
+    ``refill_at`` slots are free (default: a quarter of the batch), their caches left-padded to
+    a common length. So no step is spent on finished answers and the batch stays full, where a
+    static batch runs until its longest answer is done. Positions are explicit per row, so
+    every answer is computed exactly as if it were decoded alone (up to float rounding).
+    """
+    import torch
+
+    ids = render_prompts(tokenizer, prompts)
+    stops = set(stop_token_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops))
+    device = next(model.parameters()).device
+    queue = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    refill_at = refill_at or max(1, batch_size // 4)
+    out: list[Optional[dict]] = [None] * len(ids)
+    rows: list[int] = []          # question index of each batch row
+    toks: list[list[int]] = []    # generated tokens of each batch row
+    cache = attn = pos = last = None
+
+    def finish(keep: list[int]) -> None:
+        nonlocal cache, attn, pos, last, rows, toks
+        for r in range(len(rows)):
+            if r not in keep:
+                t = toks[r]
+                cut = next((j for j, x in enumerate(t) if x in stops), None)
+                body = t if cut is None else t[:cut]
+                out[rows[r]] = {"answer": tokenizer.decode(body, skip_special_tokens=True).strip(),
+                                "n_tokens": len(t) if cut is None else cut + 1,
+                                "finish": "length" if cut is None else "eos"}
+                if progress:
+                    progress.update(1)
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=device)
+            if keep:
+                cache.batch_select_indices(idx)
+                attn, pos, last = attn[idx], pos[idx], last[idx]
+                # drop leading columns that are padding for every remaining row
+                lead = int((attn.sum(0) == 0).long().cumprod(0).sum())
+                if lead:
+                    attn = attn[:, lead:]
+                    for layer in cache.layers:
+                        layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+            else:  # batch empty: the next prompts start a fresh cache
+                cache = attn = pos = last = None
+            rows, toks = [rows[r] for r in keep], [toks[r] for r in keep]
+
+    with torch.inference_mode():
+        while queue or rows:
+            free = batch_size - len(rows)
+            if queue and (free >= refill_at or not rows):
+                new = [queue.pop(0) for _ in range(min(free, len(queue)))]
+                n_ids, n_attn = _left_pad([ids[i] for i in new], pad)
+                n_pos = (n_attn.cumsum(-1) - 1).clamp(min=0)
+                o = model(input_ids=n_ids.to(device), attention_mask=n_attn.to(device),
+                          position_ids=n_pos.to(device), use_cache=True)
+                n_cache, n_last = o.past_key_values, o.logits[:, -1].argmax(-1)
+                n_attn, n_pos = n_attn.to(device), n_attn.sum(-1).to(device)
+                if cache is None:
+                    cache, attn, pos, last = n_cache, n_attn, n_pos, n_last
+                else:  # merge: left-pad the shorter cache, stack along the batch
+                    t_old, t_new = attn.shape[1], n_attn.shape[1]
+                    width = max(t_old, t_new)
+                    _pad_cache_left(cache, width - t_old)
+                    _pad_cache_left(n_cache, width - t_new)
+                    for la, lb in zip(cache.layers, n_cache.layers):
+                        la.keys = torch.cat([la.keys, lb.keys], 0)
+                        la.values = torch.cat([la.values, lb.values], 0)
+                    z = lambda a, k: torch.cat([torch.zeros((a.shape[0], k), dtype=a.dtype, device=device), a], 1)
+                    attn = torch.cat([z(attn, width - t_old), z(n_attn, width - t_new)], 0)
+                    pos, last = torch.cat([pos, n_pos]), torch.cat([last, n_last])
+                rows += new
+                toks += [[int(t)] for t in n_last.tolist()]
+                finish([r for r in range(len(rows)) if toks[r][-1] not in stops and len(toks[r]) < max_new_tokens])
+                continue
+            attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=device)], 1)
+            o = model(input_ids=last[:, None], attention_mask=attn, position_ids=pos[:, None],
+                      past_key_values=cache, use_cache=True)
+            cache, last, pos = o.past_key_values, o.logits[:, -1].argmax(-1), pos + 1
+            for r, t in enumerate(last.tolist()):
+                toks[r].append(int(t))
+            finish([r for r in range(len(rows)) if toks[r][-1] not in stops and len(toks[r]) < max_new_tokens])
     return out  # type: ignore[return-value]
 
 
@@ -407,7 +536,7 @@ def answer_all(lm, tokenizer, name: str, rows: Sequence[dict], cfg: EvaluateConf
     gen = gen_params(cfg)
     prog = Progress(log, f"{name}: questions answered", len(rows))
     t0 = time.monotonic()
-    outs = generate(lm, tokenizer, prompts, gen, cfg.batch_size, prog)
+    outs = generate(lm, tokenizer, prompts, gen, cfg.batch_size, prog, cfg.batching)
     gen_s = time.monotonic() - t0
     t1 = time.monotonic()
     nll = reference_nll(lm, tokenizer, prompts, [r["answer"] for r in rows], cfg.ppl_batch_size)
@@ -550,7 +679,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         cfg = load_section(EvaluateConfig, "evaluate", args.params)
         if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or cfg.rag.top_k < 1 or not 0 < cfg.bootstrap.ci < 1:
-            raise ParamsError("evaluate: batch_size, max_new_tokens, rag.top_k must be >= 1 and 0 < bootstrap.ci < 1")
+            raise ParamsError("batch_size, max_new_tokens, rag.top_k must be >= 1 and 0 < bootstrap.ci < 1")
+        if cfg.batching not in ("continuous", "static"):
+            raise ParamsError(f"batching must be continuous or static, got {cfg.batching!r}")
     except ParamsError as e:
         raise SystemExit(f"evaluate: {e}") from None
     if not Path(args.test).is_file():

@@ -16,10 +16,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from policytune.chat import FALLBACK_CHAT_TEMPLATE, template_sha
 from policytune.records import read_json, read_jsonl, sha256_file, write_jsonl
+from policytune.chat import to_messages  # noqa: F401  (E.to_messages)
 from stages import evaluate as E
 
 _BUILD_VERSION = 1
@@ -103,7 +105,7 @@ def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(out)
     tok = E.load_tok(tiny_dir)
-    (out / E.TRAIN_INFO).write_text(json.dumps({"template_sha": template_sha(tok)}))
+    (out / E.TRAIN_INFO).write_text(json.dumps({"chat_template_sha": template_sha(tok)}))
     return out
 
 
@@ -162,6 +164,40 @@ def test_batched_generation_matches_one_at_a_time(base_lm, tok):
     single = [E.generate(base_lm, tok, [p], gen, batch_size=1)[0] for p in prompts]
     assert [b["answer"] for b in batched] == [s["answer"] for s in single]
     assert all(1 <= b["n_tokens"] <= 6 for b in batched)
+
+
+def test_continuous_batching_matches_one_at_a_time(base_lm, tok, monkeypatch):
+    """9 prompts of very different lengths through 3-4 slots: answers stop at different steps
+    (some tokens the random model emits are declared stop tokens), waiting prompts are merged
+    into a running batch whose cache is longer or shorter, leading pads get trimmed."""
+    qs = [r["question"] for r in ROWS] + ["Why? " * 12, "Leave", "What is the policy on travel to Geneva and Lyon?",
+                                          "Explain " + "the conformity assessment " * 5]
+    prompts = [E.to_messages(q, system="sys") for q in qs]
+    gen = {"max_new_tokens": 9, "do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
+    raw = []
+    for ids in E.render_prompts(tok, prompts):
+        out = base_lm.generate(input_ids=torch.tensor([ids]), max_new_tokens=9, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+        raw.append(out[0, len(ids):].tolist())
+    # stop tokens that only one prompt's answer contains: those answers end early (or with eos
+    # at the last step) while the others run to max_new_tokens
+    counts = {}
+    for seq in raw:
+        for t in set(seq):
+            counts[t] = counts.get(t, 0) + 1
+    extra = {next(t for t in seq if counts[t] == 1) for seq in raw if any(counts[t] == 1 for t in seq)}
+    orig = E.stop_token_ids
+    monkeypatch.setattr(E, "stop_token_ids", lambda m, t: orig(m, t) + sorted(extra))
+    single = [E.generate(base_lm, tok, [p], gen, batch_size=1)[0] for p in prompts]
+    assert len({s["n_tokens"] for s in single}) >= 2 and any(s["finish"] == "eos" for s in single)
+    pads = []
+    real_pad = E._pad_cache_left
+    monkeypatch.setattr(E, "_pad_cache_left", lambda cache, extra: (pads.append(extra), real_pad(cache, extra)))
+    for bs, refill in ((3, 1), (4, 2), (16, 4)):
+        cont = E.generate_continuous(base_lm, tok, prompts, 9, batch_size=bs, refill_at=refill)
+        assert cont == single, (bs, refill)
+    assert any(p > 0 for p in pads)  # a prompt joined a running batch with a cache of another length
+    assert E.generate(base_lm, tok, prompts, gen, 4, batching="continuous") == single
 
 
 def test_reference_nll_uses_assistant_tokens_only(base_lm, tok):
@@ -232,10 +268,10 @@ def test_evaluate_core_base_finetuned_and_rag(tiny_dir, adapter_dir, scorer, tok
 
 
 def test_adapter_guards(adapter_dir, tok, tmp_path):
-    assert E.check_adapter(adapter_dir, tok)["template_sha"] == template_sha(tok)
+    assert E.check_adapter(adapter_dir, tok)["chat_template_sha"] == template_sha(tok)
     bad = tmp_path / "bad"
     shutil.copytree(adapter_dir, bad)
-    (bad / E.TRAIN_INFO).write_text(json.dumps({"template_sha": "0123456789abcdef"}))
+    (bad / E.TRAIN_INFO).write_text(json.dumps({"chat_template_sha": "0123456789abcdef"}))
     with pytest.raises(E.EvaluateError, match="chat template mismatch"):
         E.check_adapter(bad, tok)
     with pytest.raises(E.EvaluateError, match="run the train stage"):
