@@ -6,10 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from teacher_server import TeacherServer  # noqa: E402
 
 # Offline and quiet, whatever the caller's environment says.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -74,3 +78,41 @@ def set_params(repo: Path, updates: dict) -> None:
 @pytest.fixture
 def pipeline_repo(tmp_path) -> Path:
     return copy_repo(tmp_path / "repo")
+
+
+TINY = {
+    "models": {"student": "tiny-llama", "teacher": "tiny-llama", "judge": "tiny-llama",
+               "encoder": "all-minilm-l6-v2"},
+    "prepare": {"dtype": "float32"},
+    "scrape": {"delay_s": 0.0},
+    "train": {"epochs": 2, "batch_tokens": 2048},
+    "evaluate": {"max_new_tokens": 16, "limit": 12, "bootstrap": {"n_resamples": 200}},
+    "judge": {"limit": 6, "max_new_tokens": 64},
+}
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    with TeacherServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, teacher):
+    """The whole pipeline run once with real `dvc repro` on the tiny models (shared, read-only)."""
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    set_params(repo, TINY)
+    set_params(repo, {"generate_qa": {"backend": "openai", "batch_size": 4,
+                                      "openai": {"base_url": teacher.base_url, "model": "extractive",
+                                                 "max_retries": 1, "backoff_s": 0.1}}})
+    t0 = time.monotonic()
+    p = run(["dvc", "repro"], repo, timeout=1800)
+    (repo / "e2e_repro.log").write_text(p.stdout + p.stderr)
+    print(f"cold dvc repro: {time.monotonic() - t0:.1f}s")
+    return repo
+
+

@@ -11,45 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo, run, set_params
+from conftest import run, stages_run
 from policytune.records import read_json, read_jsonl
-from teacher_server import TeacherServer
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "models": {"student": "tiny-llama", "teacher": "tiny-llama", "judge": "tiny-llama",
-               "encoder": "all-minilm-l6-v2"},
-    "prepare": {"dtype": "float32"},
-    "scrape": {"delay_s": 0.0},
-    "train": {"epochs": 2, "batch_tokens": 2048},
-    "evaluate": {"max_new_tokens": 16, "limit": 12, "bootstrap": {"n_resamples": 200}},
-    "judge": {"limit": 6, "max_new_tokens": 64},
-}
-
-
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    with TeacherServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, teacher):
-    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    set_params(repo, TINY)
-    set_params(repo, {"generate_qa": {"backend": "openai", "batch_size": 4,
-                                      "openai": {"base_url": teacher.base_url, "model": "extractive",
-                                                 "max_retries": 1, "backoff_s": 0.1}}})
-    t0 = time.monotonic()
-    p = run(["dvc", "repro"], repo, timeout=1800)
-    (repo / "e2e_repro.log").write_text(p.stdout + p.stderr)
-    print(f"cold dvc repro: {time.monotonic() - t0:.1f}s")
-    return repo
 
 
 def test_repro_builds_every_data_artifact(built):
