@@ -33,7 +33,10 @@ def tracked_outputs(repo: Path) -> dict[str, str]:
 def dvc_cached_paths(repo: Path) -> list[Path]:
     """Workspace paths of cached outputs (those `dvc pull` restores)."""
     lines = run(["dvc", "ls", "--dvc-only", "-R", "."], repo).stdout.split()
-    return [repo / line for line in lines]
+    # cache: false outputs (stats, metrics) live in git, not in the DVC cache
+    ignored = subprocess.run(["git", "check-ignore", "--stdin"], cwd=repo, input="\n".join(lines),
+                             capture_output=True, text=True).stdout.split()
+    return [repo / line for line in ignored]
 
 
 @pytest.fixture
