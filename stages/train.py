@@ -663,8 +663,10 @@ class FitResult:
 
 def fit(model, examples: list[Example], evaluate: Callable[[], float], cfg: TrainConfig, dist: Dist,
         pad_id: int, checkpoint: Optional[Path] = None, fingerprint: str = "",
-        resume: Optional[dict] = None, trace: Optional[str] = None) -> FitResult:
-    """Train LoRA params on ``examples``; evaluate/early-stop/checkpoint as configured."""
+        resume: Optional[dict] = None, trace: Optional[str] = None,
+        time_limit_s: Optional[float] = None) -> FitResult:
+    """Train LoRA params on ``examples``; evaluate/early-stop/checkpoint as configured.
+    ``time_limit_s`` (benchmarks only): stop once that much training time has passed."""
     params = [p for _, p in trainable(model)]
     lengths = [len(e.input_ids) for e in examples]
     per_step = cfg.grad_accum * dist.world
@@ -712,10 +714,10 @@ def fit(model, examples: list[Example], evaluate: Callable[[], float], cfg: Trai
         return FitResult(state, stopper, best_lora, total_steps)
 
     steps_per_epoch = [len(p) for p in plans]
-    progress = Progress(log, "train steps", total_steps) if dist.main else None
-    if progress:
-        progress.done = state.step
+    what = f"train steps {state.step + 1}..{total_steps}" if state.step else "train steps"
+    progress = Progress(log, what, total_steps - state.step) if dist.main else None
     trace_f = open(f"{trace}.rank{dist.rank}.jsonl", "a") if trace else None
+    timed_out = False
     model.train()
     try:
         for epoch in range(state.epoch, cfg.epochs):
@@ -754,12 +756,15 @@ def fit(model, examples: list[Example], evaluate: Callable[[], float], cfg: Trai
                 state.tokens_seen += n_global
                 state.train_time_s += time.perf_counter() - t0
                 ep = epoch + (s + 1) / steps_per_epoch[epoch]
-                state.curve_train.append({"step": state.step, "epoch": round(ep, 4),
-                                          "train_loss": step_loss, "lr": lr})
+                state.curve_train.append({"step": state.step, "epoch": round(ep, 4), "train_loss": step_loss,
+                                          "lr": lr, "tokens": state.tokens_seen,
+                                          "train_time_s": round(state.train_time_s, 4)})
                 if progress:
                     progress.update(1, f"loss {step_loss:.4f} {state.tokens_seen / state.train_time_s:.0f} tok/s")
 
-                last = state.step == total_steps
+                timed_out = (time_limit_s is not None and state.train_time_s >= time_limit_s
+                             and state.step - state.resumed_from_step >= 3)  # >= 2 timed steps
+                last = state.step == total_steps or timed_out
                 if cfg.eval_every_steps:
                     do_eval = state.step % cfg.eval_every_steps == 0 or last
                 else:
@@ -781,9 +786,9 @@ def fit(model, examples: list[Example], evaluate: Callable[[], float], cfg: Trai
                                      stopper.bad_evals, stopper.min_delta)
                 if do_eval or state.stopped_early or (cfg.save_every_steps and state.step % cfg.save_every_steps == 0):
                     save()
-                if state.stopped_early:
+                if state.stopped_early or timed_out:
                     break
-            if state.stopped_early:
+            if state.stopped_early or timed_out:
                 break
             state.step_in_epoch = 0
             state.epoch = epoch + 1
