@@ -377,7 +377,7 @@ def generate_continuous(model, tokenizer, prompts: Sequence[list[dict]], max_new
                 n_ids, n_attn = _left_pad([ids[i] for i in new], pad)
                 n_pos = (n_attn.cumsum(-1) - 1).clamp(min=0)
                 o = model(input_ids=n_ids.to(device), attention_mask=n_attn.to(device),
-                          position_ids=n_pos.to(device), use_cache=True)
+                          position_ids=n_pos.to(device), use_cache=True, logits_to_keep=1)
                 n_cache, n_last = o.past_key_values, o.logits[:, -1].argmax(-1)
                 n_attn, n_pos = n_attn.to(device), n_attn.sum(-1).to(device)
                 if cache is None:
@@ -421,7 +421,11 @@ def assistant_ids(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int]
 
 def reference_nll(model, tokenizer, prompts: Sequence[list[dict]], references: Sequence[str],
                   batch_size: int = 8) -> list[float]:
-    """Mean NLL (nats/token) of each reference's assistant tokens given its prompt."""
+    """Mean NLL (nats/token) of each reference's assistant tokens given its prompt.
+
+    Rows are left-padded (explicit positions), so every answer ends at the last column and the
+    vocabulary projection is computed only for the last ``longest answer + 1`` columns.
+    """
     import torch
 
     pairs = [assistant_ids(tokenizer, p, r) for p, r in zip(prompts, references)]
@@ -431,25 +435,21 @@ def reference_nll(model, tokenizer, prompts: Sequence[list[dict]], references: S
     out = [float("nan")] * len(pairs)
     for start in range(0, len(order), max(1, batch_size)):
         batch = order[start:start + batch_size]
-        width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # right padding: positions start at 0 for every row
-            p, a = pairs[i]
-            seq = p + a
-            input_ids[row, :len(seq)] = torch.tensor(seq)
-            labels[row, len(p):len(seq)] = torch.tensor(a)
-            attn[row, :len(seq)] = 1
+        input_ids, attn = _left_pad([pairs[i][0] + pairs[i][1] for i in batch], pad)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        n_ans = torch.tensor([len(pairs[i][1]) for i in batch])
+        keep = int(n_ans.max()) + 1
         with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        tgt = labels[:, 1:].to(device)
-        mask = tgt != -100
-        tok_lp = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device),
+                           position_ids=pos.to(device), logits_to_keep=keep).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)          # predicts the last keep-1 columns
+        tgt = input_ids[:, -(keep - 1):].to(device)
+        col = torch.arange(keep - 1)
+        mask = (col[None, :] >= (keep - 1 - n_ans)[:, None]).to(device)  # the answer's columns
+        tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
         nll = -(tok_lp.sum(1) / mask.sum(1).clamp(min=1))
         for row, i in enumerate(batch):
-            out[i] = float(nll[row]) if mask[row].any() else float("nan")
+            out[i] = float(nll[row]) if n_ans[row] > 0 else float("nan")
     return out
 
 

@@ -598,7 +598,8 @@ def build_report(inp: Inputs, cfg: ReportConfig, assets_dir: Optional[Path] = No
                          str(t.get("dtype", ""))])
         doc.table(["Model", "Generated tokens", "Generation s", "Tokens/s", "Hit max_new_tokens",
                    "Empty answers", "dtype"], rows,
-                  caption=f"evaluate wall time {fmt(es.get('seconds'), 'answer_len')} s for {es.get('questions', '?')} questions.")
+                  caption=f"evaluate wall time {fmt(es.get('seconds'), 'answer_len')} s for {es.get('questions', '?')} "
+                  f"questions; {_gen_desc(es.get('params') or {})}.")
 
     # ---- lineage
     doc.h(2, "Data lineage")
@@ -611,6 +612,14 @@ def build_report(inp: Inputs, cfg: ReportConfig, assets_dir: Optional[Path] = No
         doc.h(3, "params.yaml")
         doc.pre(lin["params"])
     return doc
+
+
+def _gen_desc(p: dict) -> str:
+    if not p:
+        return "generation params unknown"
+    mode = "sampling" if p.get("do_sample") else "greedy"
+    return (f"{mode}, max_new_tokens {p.get('max_new_tokens', '?')}, {p.get('batching', 'static')} batching of "
+            f"{p.get('batch_size', '?')}, dtype {p.get('dtype', '?')}")
 
 
 def _comparisons():

@@ -201,21 +201,21 @@ def test_continuous_batching_matches_one_at_a_time(base_lm, tok, monkeypatch):
 
 
 def test_reference_nll_uses_assistant_tokens_only(base_lm, tok):
-    import torch
-
     prompts = E.build_prompts(ROWS, "sys")
     refs = [r["answer"] for r in ROWS]
     p_ids, a_ids = E.assistant_ids(tok, prompts[0], refs[0])
     assert tok.decode(a_ids).strip().startswith(refs[0][:10])
     assert "<|im_end|>" in tok.decode(a_ids)  # the end-of-turn marker is scored too
-    batched = E.reference_nll(base_lm, tok, prompts, refs, batch_size=3)
-    # by hand, one example: mean NLL of the assistant tokens only
-    ids = torch.tensor([p_ids + a_ids])
-    with torch.inference_mode():
-        logp = torch.log_softmax(base_lm(input_ids=ids).logits.float()[0, :-1], -1)
-    tgt = ids[0, 1:]
-    lp = logp[torch.arange(len(tgt)), tgt][len(p_ids) - 1:]
-    assert batched[0] == pytest.approx(float(-lp.mean()), rel=1e-4)
+    batched = E.reference_nll(base_lm, tok, prompts, refs, batch_size=3)  # left-padded, mixed lengths
+    for i in range(len(ROWS)):  # by hand, one example at a time: mean NLL of the assistant tokens only
+        p_ids, a_ids = E.assistant_ids(tok, prompts[i], refs[i])
+        ids = torch.tensor([p_ids + a_ids])
+        with torch.inference_mode():
+            logp = torch.log_softmax(base_lm(input_ids=ids).logits.float()[0, :-1], -1)
+        tgt = ids[0, 1:]
+        lp = logp[torch.arange(len(tgt)), tgt][len(p_ids) - 1:]
+        assert len(lp) == len(a_ids)
+        assert batched[i] == pytest.approx(float(-lp.mean()), rel=1e-4), i
     assert all(math.isfinite(x) and x > 0 for x in batched)
 
 
