@@ -3,6 +3,7 @@
 Reads   metrics/eval.json, data/eval/per_example.jsonl, data/eval/answers.jsonl  (evaluate)
         metrics/judge.json, data/judge/scores.jsonl   (judge; optional: "judge not run" without)
         data/stats/evaluate.json, data/stats/judge.json  (timings; optional)
+        metrics/train.json, metrics/data.json  (training summary, pipeline counts; optional)
         lineage, each optional: data/raw/manifest.jsonl, data/chunks.jsonl, data/qa.jsonl,
         data/split/{train,val,test}.jsonl, data/augment/train.jsonl, params.yaml,
         models/*/policytune_model.json, models/adapter/policytune_train.json
@@ -46,6 +47,8 @@ ANSWERS = Path("data/eval/answers.jsonl")
 JUDGE_JSON = Path("metrics/judge.json")
 JUDGE_SCORES = Path("data/judge/scores.jsonl")
 EVAL_STATS = Path("data/stats/evaluate.json")
+TRAIN_JSON = Path("metrics/train.json")
+DATA_JSON = Path("metrics/data.json")
 JUDGE_STATS = Path("data/stats/judge.json")
 OUT_MD = Path("metrics/report.md")
 OUT_HTML = Path("metrics/report.html")
@@ -316,6 +319,17 @@ def pick_examples(per_example: Sequence[dict], metric: str, n: int) -> list[tupl
     return picks
 
 
+def flatten(d: Any, prefix: str = "") -> dict:
+    """Nested dicts -> {"a.b.c": value} (DVC's own way of naming nested metrics)."""
+    out: dict = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, (int, float, str, bool)) or d is None:
+        out[prefix[:-1]] = d
+    return out
+
+
 def clip(s: str, n: int) -> str:
     s = s or ""
     return s if len(s) <= n else s[: n - 1].rstrip() + "…"
@@ -409,6 +423,8 @@ class Inputs:
     eval_stats: Optional[dict] = None
     judge_stats: Optional[dict] = None
     lineage: Optional[dict] = None
+    train_metrics: Optional[dict] = None
+    data_metrics: Optional[dict] = None
 
 
 def judge_wide(scores: Sequence[dict]) -> tuple[list[dict], list[str], dict]:
@@ -601,10 +617,18 @@ def build_report(inp: Inputs, cfg: ReportConfig, assets_dir: Optional[Path] = No
                   caption=f"evaluate wall time {fmt(es.get('seconds'), 'answer_len')} s for {es.get('questions', '?')} "
                   f"questions; {_gen_desc(es.get('params') or {})}.")
 
+    if inp.train_metrics:
+        doc.h(2, "Training (metrics/train.json)")
+        doc.table(["Key", "Value"], [[k, fmt(v)] for k, v in flatten(inp.train_metrics).items()])
+
     # ---- lineage
     doc.h(2, "Data lineage")
     lin = inp.lineage or {}
     doc.table(["Item", "Value"], lin.get("facts", []))
+    if inp.data_metrics:
+        doc.table(["Pipeline count (metrics/data.json)", "Value"],
+                  [[k, fmt(v)] for k, v in flatten(inp.data_metrics).items()],
+                  caption="What every data stage kept, dropped and why, as counted by the stages.")
     if lin.get("models"):
         doc.table(["Model folder", "Role", "Spec", "Source", "sha256", "dtype", "Params", "Template sha"],
                   lin["models"], caption="models/*/policytune_model.json written by prepare_models.")
@@ -715,7 +739,8 @@ def collect_lineage(root: Path = Path(".")) -> dict:
 
 def load_inputs(eval_json: Path = EVAL_JSON, per_example: Path = PER_EXAMPLE, answers: Path = ANSWERS,
                 judge_json: Path = JUDGE_JSON, judge_scores: Path = JUDGE_SCORES, eval_stats: Path = EVAL_STATS,
-                judge_stats: Path = JUDGE_STATS, root: Path = Path(".")) -> Inputs:
+                judge_stats: Path = JUDGE_STATS, root: Path = Path("."), train_json: Path = TRAIN_JSON,
+                data_json: Path = DATA_JSON) -> Inputs:
     for p in (eval_json, per_example, answers):
         if not Path(p).is_file():
             raise SystemExit(f"report: {p} not found; run the evaluate stage first")
@@ -728,7 +753,9 @@ def load_inputs(eval_json: Path = EVAL_JSON, per_example: Path = PER_EXAMPLE, an
         judge_scores=read_jsonl(judge_scores) if judge_ok else None,
         eval_stats=read_json(eval_stats) if Path(eval_stats).is_file() else None,
         judge_stats=read_json(judge_stats) if judge_ok and Path(judge_stats).is_file() else None,
-        lineage=collect_lineage(root))
+        lineage=collect_lineage(root),
+        train_metrics=read_json(train_json) if Path(train_json).is_file() else None,
+        data_metrics=read_json(data_json) if Path(data_json).is_file() else None)
 
 
 def write_report(inp: Inputs, cfg: ReportConfig, out_md: Path = OUT_MD, out_html: Path = OUT_HTML) -> Doc:

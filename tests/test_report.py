@@ -92,6 +92,8 @@ def workdir(tmp_path, monkeypatch):
     write_json("models/student/policytune_model.json", {
         "role": "student", "spec": "smollm2-135m-instruct", "kind": "causal_lm", "dtype": "bfloat16",
         "n_params": 134515008, "chat_template_sha": "abcd", "source": {"name": "smollm2", "sha256": "f" * 64}})
+    write_json("metrics/train.json", {"best_step": 40, "best_eval_loss": 1.23, "base_eval_loss": 2.5})
+    write_json("metrics/data.json", {"scrape": {"ok": 16, "failed_by_reason": {"http_404": 1}}})
     Path("params.yaml").write_text(yaml.safe_dump({"evaluate": {"max_new_tokens": 64, "system_prompt": EVIL},
                                                    "report": {"n_examples": 4}}))
     return tmp_path
@@ -124,6 +126,7 @@ def test_report_without_judge(workdir):
     assert "| QA pairs generated (data/qa.jsonl) | 60 |" in md
     assert "Split test | 40 rows" in md
     assert "smollm2-135m-instruct" in md and "max_new_tokens: 64" in md
+    assert "| best\\_eval\\_loss | 1.230 |" in md and "| scrape.failed\\_by\\_reason.http\\_404 | 1 |" in md
     # examples side by side, user text inert in both renderings
     assert "| Reference | Base answer | Fine-tuned answer |" in md
     assert "<script>" not in html_text and "&lt;script&gt;" in html_text
