@@ -289,7 +289,8 @@ def delta_rows(flat: dict, comparison: str, metrics: Sequence[str], names: dict,
 
 
 def pick_examples(per_example: Sequence[dict], metric: str, n: int) -> list[tuple[str, str]]:
-    """(qa_id, why): the largest fine-tuning gains and losses on ``metric`` and a typical case."""
+    """(qa_id, why): the largest improvements and regressions from fine-tuning on ``metric`` (in
+    its good direction) and a typical (median) case."""
     base = {r["qa_id"]: r.get(metric) for r in per_example if r["model"] == "base"}
     ft = {r["qa_id"]: r.get(metric) for r in per_example if r["model"] == "finetuned"}
     diffs = sorted(((ft[q] - base[q], q) for q in ft if q in base and base[q] is not None and ft[q] is not None
@@ -308,10 +309,17 @@ def pick_examples(per_example: Sequence[dict], metric: str, n: int) -> list[tupl
     gains = diffs[::-1] if sign > 0 else diffs
     losses = diffs if sign > 0 else diffs[::-1]
     n_gain, n_loss = math.ceil((n - 1) / 2), (n - 1) // 2
+    def label(d, improving: bool):
+        if d == 0:
+            return "no change"
+        if (d * sign > 0) == improving:
+            return "largest improvement" if improving else "largest regression"
+        return "smallest regression" if improving else "smallest improvement"
+
     for d, q in gains[:max(1, n_gain)]:
-        add(q, f"{'largest gain' if d * sign > 0 else 'smallest loss'} in {metric} ({d:+.3f})")
+        add(q, f"{label(d, True)} in {metric} ({d:+.3f})")
     for d, q in losses[:n_loss]:
-        add(q, f"{'largest loss' if d * sign < 0 else 'smallest gain'} in {metric} ({d:+.3f})")
+        add(q, f"{label(d, False)} in {metric} ({d:+.3f})")
     d, q = diffs[len(diffs) // 2]
     add(q, f"typical: median change in {metric} ({d:+.3f})")
     for d, q in diffs:  # fill up if there were few questions

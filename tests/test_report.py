@@ -133,7 +133,7 @@ def test_report_without_judge(workdir):
     assert "<img src=x" not in html_text
     prose = re.sub(r"```.*?```", "", md, flags=re.S)  # inside a code fence markup is shown as text
     assert "<script>" not in prose and "\\<script\\>" in prose
-    assert "Example 1 (q03): largest gain" in md
+    assert "Example 1 (q03): largest improvement" in md
     # plots exist and are referenced from both
     for png in ("distributions.png", "deltas.png"):
         assert (Path("metrics/report_assets") / png).stat().st_size > 5000
@@ -171,10 +171,13 @@ def test_pick_examples_and_md_escape():
     pe, _ = _fixture_rows()
     picks = R.pick_examples(pe, "bertscore_f1", 5)
     assert len(picks) == 5 and len({q for q, _ in picks}) == 5
-    assert "largest gain" in picks[0][1] and "largest gain" in picks[1][1]
-    assert [w.split(" in ")[0] for _, w in picks][2:4] == ["smallest gain", "smallest gain"]  # no losses here
+    assert "largest improvement" in picks[0][1] and "largest improvement" in picks[1][1]
+    assert [w.split(" in ")[0] for _, w in picks][2:4] == ["smallest improvement"] * 2  # no regressions here
     worse = [dict(r, bertscore_f1=-r["bertscore_f1"]) if r["model"] == "finetuned" else r for r in pe]
-    assert any("largest loss" in w for _, w in R.pick_examples(worse, "bertscore_f1", 5))
+    assert any("largest regression" in w for _, w in R.pick_examples(worse, "bertscore_f1", 5))
+    # lower perplexity is the improvement
+    ppl = R.pick_examples(pe, "ref_ppl", 3)
+    assert ppl[0][1].startswith("largest improvement in ref_ppl (-")
     assert any(w.startswith("typical") for _, w in picks)
     assert R.md_text("a|b\nc *d*") == "a\\|b<br>c \\*d\\*"
     assert R.fmt(None) == "–" and R.fmt(0.12345) == "0.123" and R.fmt(1234.5, "ref_ppl") == "1234.5"
