@@ -224,3 +224,20 @@ def test_html_renders_in_headless_chromium(workdir, tmp_path):
     # every image loaded (naturalWidth > 0) is hard to see in a dump; check the files it points at
     for src in re.findall(r'<img src="([^"]+)"', dom.stdout):
         assert (page.parent / src).is_file(), src
+
+
+def test_report_with_rag_variants(workdir):
+    pe, answers = _fixture_rows()
+    for r in list(pe):
+        pe.append({**r, "model": r["model"] + "_rag", "cosine": r["cosine"] + 0.1})
+    write_jsonl("data/eval/per_example.jsonl", pe)
+    models = ["base", "finetuned", "base_rag", "finetuned_rag"]
+    flat = M.flat_summary(pe, models, METRICS, [c for c in COMPARISONS], n_resamples=300, seed=0)
+    flat["rag.recall_at_k"] = 0.75
+    write_json("metrics/eval.json", flat)
+    R.main([])
+    md = Path("metrics/report.md").read_text()
+    assert "## Retrieval-augmented variants" in md and "recall@k" in md and "0.750" in md
+    assert "| Metric (mean) | Base | Fine-tuned | Base + RAG | Fine-tuned + RAG |" in md
+    assert _verdict_of(md, "Cosine similarity", "*Base + RAG − base") == "better"
+    assert "*Fine-tuned + RAG − fine-tuned" in md and "*Fine-tuned + RAG − base + RAG" in md
