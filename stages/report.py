@@ -234,7 +234,7 @@ def fmt(v: Any, metric: str = "") -> str:
         return "–"
     if isinstance(v, bool):
         return str(v)
-    if isinstance(v, int):
+    if isinstance(v, int) or not isinstance(v, float):
         return str(v)
     if metric in ("ref_ppl", "answer_len") or abs(v) >= 100:
         return f"{v:.1f}" if abs(v) < 1e6 else f"{v:.3g}"
