@@ -690,15 +690,17 @@ def fit(model, examples: list[Example], evaluate: Callable[[], float], cfg: Trai
         state = TrainState(**resume["state"])
         best_lora = resume["best_lora"]
         state.resumed_from_step = state.step
-        log.info("resumed from step %d/%d (epoch %d, best eval loss %.4f at step %d)", state.step,
-                 total_steps, state.epoch + 1, stopper.best_loss, stopper.best_step)
+        if dist.main:
+            log.info("resumed from step %d/%d (epoch %d, best eval loss %.4f at step %d)", state.step,
+                     total_steps, state.epoch + 1, stopper.best_loss, stopper.best_step)
     else:
         state, best_lora = TrainState(), {}
         t0 = time.perf_counter()
         state.base_eval_loss = evaluate()
         state.eval_time_s += time.perf_counter() - t0
         state.curve_eval.append({"step": 0, "epoch": 0.0, "eval_loss": state.base_eval_loss})
-        log.info("base model eval loss %.4f (before training)", state.base_eval_loss)
+        if dist.main:
+            log.info("base model eval loss %.4f (before training)", state.base_eval_loss)
 
     def save() -> None:
         if checkpoint is None:
@@ -734,7 +736,10 @@ def fit(model, examples: list[Example], evaluate: Callable[[], float], cfg: Trai
                     loss = batch_loss(model, batch)
                     (loss / n_global).backward()
                     loss_sum += loss.detach()
-                    state.tokens_run += batch.n_tokens
+                for mb in step_mbs:  # every rank counts the whole step's tokens (the same numbers)
+                    exs = [examples[i] for i in mb]
+                    p = shared_prefix_len(exs) if cfg.share_prefix else 0
+                    state.tokens_run += p + sum(len(e.input_ids) - 1 - p for e in exs)
                     state.tokens_padded += len(mb) * max(lengths[i] - 1 for i in mb)
                 if trace_f:
                     trace_f.write(json.dumps({"step": state.step, "rank": dist.rank, "rows":

@@ -428,10 +428,10 @@ def test_stage_writes_best_adapter_card_metrics_curves_and_merged(tiny_model_dir
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch):
-    opts = dict(n_train=48, epochs=4, eval_every_steps=4, save_every_steps=1,
+    opts = dict(n_train=32, epochs=2, eval_every_steps=4, save_every_steps=1,
                 early_stopping={"patience": 100})
     reference = run_in_process(make_workspace(tmp_path / "ref", tiny_model_dir, **opts), monkeypatch)
-    assert reference["steps"] >= 30
+    assert reference["steps"] >= 24
 
     ws = make_workspace(tmp_path / "killed", tiny_model_dir, **opts)
     ckpt = ws / "out/checkpoints" / T.CHECKPOINT_FILE
@@ -487,7 +487,8 @@ def test_ddp_two_gloo_processes_disjoint_data_and_same_result(tiny_model_dir, tm
         assert ranks[0][step] | ranks[1][step] == rows  # together: the same global batch
     assert all(ranks[0].values()) and any(ranks[1].values())
 
-    assert ddp["steps"] == single["steps"] and ddp["tokens_seen"] == single["tokens_seen"]
+    for key in ("steps", "tokens_seen", "tokens_run"):
+        assert ddp[key] == single[key]
     assert ddp["base_eval_loss"] == pytest.approx(single["base_eval_loss"], abs=1e-6)
     assert ddp["best_eval_loss"] == pytest.approx(single["best_eval_loss"], abs=1e-4)
     from safetensors.torch import load_file
