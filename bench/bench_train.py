@@ -187,8 +187,7 @@ def run_ours(base_dir: str, examples: list, pad_id: int, seconds: float, cfg: T.
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     model = T.add_lora(model, cfg.lora, cfg.seed)
     if cfg.compile:
-        for layer in T._causal_lm(model).get_decoder().layers:
-            layer.compile(dynamic=True)
+        T.compile_layers(model)
     cfg.epochs = 1000  # never run out of data inside the time window
     cfg.eval_every_steps = 10 ** 9
     cfg.early_stopping.patience = 0

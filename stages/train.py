@@ -144,7 +144,8 @@ class TrainConfig:
     nproc: int = field(default=1, metadata={
         "help": "processes (DDP via torchrun: gloo on CPU, nccl on GPU); > 1 relaunches the stage"})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0: cores / nproc)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the decoder layers"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the decoder MLPs and norms (CPU: about +5%, after a minute of compiling)"})
     share_prefix: bool = field(default=True, metadata={
         "help": "run the prefix all rows of a micro-batch share once (exact; off: plain batches)"})
     paths: TrainPaths = field(default_factory=TrainPaths)
@@ -300,15 +301,16 @@ def plan_batches(lengths: list[int], batch_tokens: int, seed: int = 0, epoch: in
     """Micro-batches (lists of example indices) with rows x longest row <= batch_tokens.
 
     Shuffled (a pure function of seed and epoch), then sorted by length inside windows of
-    about 50 batches and cut greedily, so rows of similar length share a batch and padding is
-    small; the batch order is shuffled again. ``shuffle=False``: globally sorted (eval)."""
+    about 16 batches and cut greedily, so rows of similar length share a batch (padding about
+    3% on policy QA) while batches still differ from epoch to epoch; the batch order is
+    shuffled again. ``shuffle=False``: globally sorted (eval)."""
     n = len(lengths)
     order = list(range(n))
     rng = random.Random(seed * 1_000_003 + epoch)
     if shuffle:
         rng.shuffle(order)
     mean = max(1, sum(lengths) // max(1, n))
-    window = n if not shuffle else max(1, 50 * max(1, batch_tokens // mean))
+    window = n if not shuffle else max(1, 16 * max(1, batch_tokens // mean))
     batches: list[list[int]] = []
     for w in range(0, n, window):
         chunk = sorted(order[w:w + window], key=lambda i: -lengths[i])
@@ -417,6 +419,16 @@ def add_lora(model, lp: LoraParams, seed: int):
         bias="none", task_type="CAUSAL_LM"))
     peft_model.train()
     return peft_model
+
+
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer's MLP and norms (fuses their elementwise ops).
+    Whole layers are not compiled: the key/value cache they update makes dynamo recompile per
+    layer until its limit, after which it silently runs eager (measured: no gain)."""
+    for layer in _causal_lm(model).get_decoder().layers:
+        for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
+            if hasattr(layer, name):
+                getattr(layer, name).compile(dynamic=True)
 
 
 def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
@@ -958,8 +970,7 @@ def _train(cfg: TrainConfig, dist: Dist, wall0: float) -> int:
     weight_dtype = next(model.parameters()).dtype
     model = add_lora(model, cfg.lora, cfg.seed)
     if cfg.compile:
-        for layer in _causal_lm(model).get_decoder().layers:
-            layer.compile(dynamic=True)
+        compile_layers(model)
     n_base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     n_lora = sum(p.numel() for _, p in trainable(model))
     if dist.main:
