@@ -286,6 +286,19 @@ def test_batched_shared_prefix_loss_equals_per_example_loss(tiny_model_dir, exam
             torch.testing.assert_close(g, gref[n], rtol=1e-4, atol=1e-6)
 
 
+def test_sum_cross_entropy_matches_torch():
+    torch.manual_seed(0)
+    z = torch.randn(37, 1000, dtype=torch.float64) * 5
+    t = torch.randint(0, 1000, (37,))
+    a, b = z.clone().requires_grad_(), z.clone().requires_grad_()
+    la = T.SumCrossEntropy.apply(a, t)
+    lb = torch.nn.functional.cross_entropy(b, t, reduction="sum")
+    (la * 0.3).backward()
+    (lb * 0.3).backward()
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(a.grad, b.grad)
+
+
 def test_shared_prefix_never_covers_a_label(examples):
     p = T.shared_prefix_len(examples)
     assert p > 10  # the system prompt and the user header are shared
