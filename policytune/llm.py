@@ -318,7 +318,12 @@ class LocalBackend(Backend):
                 stop = next((k for k, t in enumerate(toks) if t in self._eos_ids), None)
                 body = toks if stop is None else toks[:stop]
                 n = len(toks) if stop is None else stop + 1
-                text = tok.decode(body, skip_special_tokens=True)
+                # Decode with a few prompt tokens in front, then cut them off: SentencePiece
+                # tokenizers drop a word's leading space when it is the first token decoded.
+                ctx = ids[i][-4:]
+                head = tok.decode(ctx, skip_special_tokens=True)
+                full = tok.decode(ctx + body, skip_special_tokens=True)
+                text = full[len(head):] if full.startswith(head) else tok.decode(body, skip_special_tokens=True)
                 c = Completion(text=(prefill or "") + text, n_tokens=n,
                                finish_reason="stop" if stop is not None else "length", seconds=secs)
                 outs[i] = c
