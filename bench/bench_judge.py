@@ -74,9 +74,9 @@ def auc(pos: list[float], neg: list[float]) -> float | None:
 
 
 def bench_one(model_dir: str, items: list[dict], metrics: list[str], scoring: str, dtype: str,
-              max_retries: int) -> dict:
+              max_retries: int, prompt: str = "compact") -> dict:
     cfg = stage.JudgeConfig(
-        backend="local", model_dir=model_dir, scoring=scoring, dtype=dtype, max_retries=max_retries,
+        backend="local", model_dir=model_dir, scoring=scoring, dtype=dtype, max_retries=max_retries, prompt=prompt,
         metrics={m: stage.DEFAULT_METRICS[m] for m in metrics},
         evaluation_params={m: stage.DEFAULT_EVALUATION_PARAMS[m] for m in metrics}, bootstrap=200)
     judge = stage.build_judge(cfg)
@@ -101,7 +101,7 @@ def bench_one(model_dir: str, items: list[dict], metrics: list[str], scoring: st
         cpu2 = resource.getrusage(resource.RUSAGE_SELF)
     judged = stats["counts"]["judged"]
     cpu = (cpu2.ru_utime + cpu2.ru_stime) - (cpu1.ru_utime + cpu1.ru_stime)
-    out = {"model_dir": model_dir, "scoring": judge.scoring, "model": judge.get_model_name(),
+    out = {"model_dir": model_dir, "scoring": judge.scoring, "prompt": prompt, "model": judge.get_model_name(),
            "load_s": round(load_s, 1), "steps_s": round(steps_s, 1),
            "steps_cpu_s": round((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), 1),
            "judgements": judged, "s_per_judgement": round(wall / max(1, judged), 3),
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-n", type=int, default=10, help="questions (3 judgements each per metric)")
     ap.add_argument("--metrics", default="Correctness", help="comma-separated G-Eval metrics")
     ap.add_argument("--scoring", default="probabilities", choices=("probabilities", "text"))
+    ap.add_argument("--prompt", default="compact", choices=("compact", "deepeval"), help="GEval results prompt")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-retries", type=int, default=2)
     args = ap.parse_args(argv)
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for model_dir in args.model_dir or ["models/judge"]:
         print(f"judging {len(items)} answers x {len(metrics)} metric(s) with {model_dir} ...", file=sys.stderr)
-        results.append(bench_one(model_dir, items, metrics, args.scoring, args.dtype, args.max_retries))
+        results.append(bench_one(model_dir, items, metrics, args.scoring, args.dtype, args.max_retries, args.prompt))
     load = os.getloadavg()
     report = {"questions": args.questions, "n_questions": len(items) // 3, "metrics": metrics,
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         for name, m in r["metrics"].items():
             fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-            print(f"{Path(r['model_dir']).name + ' (' + r['scoring'][:4] + ')':<34} {name:<12} {fmt(m['mean']['exact']):>6} "
+            print(f"{Path(r['model_dir']).name + ' (' + r['scoring'][:4] + ', ' + r['prompt'] + ')':<34} {name:<12} {fmt(m['mean']['exact']):>6} "
                   f"{fmt(m['mean']['wrong']):>6} {fmt(m['mean']['vague']):>6} {fmt(m['auc_exact_vs_wrong']):>8} "
                   f"{fmt(m['auc_exact_vs_vague']):>8} {r['s_per_judgement']:>7.2f} {r['cpu_s_per_judgement']:>6.2f} "
                   f"{m['failures']:>5}")

@@ -492,3 +492,35 @@ class ProbabilityJudge(_JudgeBase):
             self._log_score(r)
             return schema(score=r.expected, reason=self._reason(r))
         return self.text.generate(prompt, schema=schema)
+
+
+# --------------------------------------------------------------------------------------------
+# GEval prompt
+
+
+def compact_template(criteria: str):
+    """A GEval ``evaluation_template`` (deepeval's hook for custom prompts) with a short results
+    prompt in the G-Eval paper's shape: criteria, evaluation steps and rubric first (the shared
+    prefix), then the test case, then the request for ``{"score", "reason"}`` with the score
+    first. deepeval's default results prompt is long, never states the criteria and shows
+    ``"score": <lowest>`` as its example; a 1.5B judge reads it with nearly flat score
+    probabilities. Steps generation and everything else stay deepeval's."""
+    from deepeval.metrics.g_eval.g_eval import GEvalTemplate
+
+    class CompactGEvalTemplate(GEvalTemplate):
+        @staticmethod
+        def generate_evaluation_results(evaluation_steps, test_case_content, parameters, rubric=None,
+                                        score_range=DEFAULT_SCORE_RANGE, _additional_context=None, **_):
+            lo, hi = score_range
+            rubric_part = f"Rubric:\n{rubric}\n\n" if rubric else ""
+            extra = f"\nAdditional Context:\n{_additional_context}\n" if _additional_context else ""
+            return (f"You are an evaluator. Rate the {parameters} of the test case below from {lo} to {hi}.\n\n"
+                    f"Evaluation Criteria:\n{criteria}\n\n"
+                    f"Evaluation Steps:\n{evaluation_steps}\n"
+                    f"{rubric_part}{PREFIX_MARKER.lstrip(chr(10))}"
+                    f"{test_case_content.rstrip()}\n{extra}\n"
+                    f"Following the evaluation steps, how well does the test case meet the criteria, from "
+                    f"{lo} to {hi}? Return only JSON: {{\"score\": <integer {lo}-{hi}>, \"reason\": \"<one sentence>\"}}\n\n"
+                    f"JSON:")
+
+    return CompactGEvalTemplate

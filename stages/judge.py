@@ -19,8 +19,12 @@ Writes  data/judge/scores.jsonl     one row per (qa_id, model, metric): score in
                                     prefix-cache counters
 
 Each metric is a ``deepeval.metrics.GEval`` (criteria from params, a 1..5 rubric, so the score
-is one digit token) measured on an ``LLMTestCase``; GEval writes the prompts and computes the
-score. The judge model behind it is chosen in params: ``local`` (default) scores from the
+is one digit token) measured on an ``LLMTestCase``; GEval generates the evaluation steps, renders
+the prompts and computes the score. Its results prompt is, by default (``prompt: compact``), a
+short one in the G-Eval paper's shape passed through GEval's ``evaluation_template`` hook
+(criteria, steps, rubric, test case, score asked first); ``prompt: deepeval`` keeps deepeval's
+own template, with which a 1.5B local judge gives nearly flat score probabilities (see
+bench/bench_judge.py). The judge model behind it is chosen in params: ``local`` (default) scores from the
 probabilities of the score tokens with the shared prompt prefix KV-cached
 (:class:`policytune.judge_llm.ProbabilityJudge`), ``openai``/``bedrock`` write free-text JSON
 that is parsed and retried up to ``max_retries`` times (:class:`policytune.judge_llm.TextJudge`).
@@ -97,6 +101,9 @@ class JudgeConfig:
     model_dir: str = field(default="models/judge", metadata={"help": "local judge model folder (backend: local)"})
     dtype: str = field(default="auto", metadata={"help": "local: auto | float32 | bfloat16 | float16"})
     device: str = field(default="auto", metadata={"help": "local: auto | cpu | cuda"})
+    prompt: str = field(default="compact", metadata={
+        "help": "GEval results prompt: compact (G-Eval paper shape: criteria, steps, rubric, test case, "
+                "score first; via GEval's evaluation_template hook) | deepeval (deepeval's default template)"})
     scoring: str = field(default="auto", metadata={
         "help": "probabilities (score = expected value over the score tokens; local only) | text "
                 "(free-text JSON, parsed and retried) | auto: probabilities for local, text otherwise"})
@@ -308,11 +315,26 @@ def _make_geval(spec: dict, cfg: JudgeConfig, judge, steps: Optional[list[str]])
     from deepeval.metrics.g_eval.utils import Rubric
     from deepeval.test_case import SingleTurnParams
 
+    from policytune.judge_llm import compact_template
+
+    if cfg.prompt not in ("compact", "deepeval"):
+        raise ParamsError(f"judge.prompt must be compact | deepeval, got {cfg.prompt!r}")
     rubric = [Rubric(score_range=(s, s), expected_outcome=text) for s, text in rubric_items(cfg)]
+    extra = {"evaluation_template": compact_template(spec["criteria"])} if cfg.prompt == "compact" else {}
     return GEval(name=spec["name"], criteria=spec["criteria"],
                  evaluation_params=[SingleTurnParams(p) for p in spec["params"]],
                  evaluation_steps=steps, rubric=rubric, model=judge, async_mode=False,
-                 strict_mode=False, verbose_mode=False)
+                 strict_mode=False, verbose_mode=False, **extra)
+
+
+def prompt_fingerprint(geval) -> str:
+    """Hash of the results prompt GEval renders for placeholder fields: it changes whenever the
+    template (ours or deepeval's), the steps, the rubric or the fields shown change."""
+    from deepeval.test_case import LLMTestCase
+
+    tc = LLMTestCase(input="<input>", actual_output="<actual_output>", expected_output="<expected_output>",
+                     context=["<context>"])
+    return stable_id(geval._results_prompt(tc, False, None), n=16)
 
 
 def evaluation_steps(spec: dict, cfg: JudgeConfig, judge, cache: JudgeCache, ident: dict,
@@ -436,11 +458,12 @@ def judge_answers(answers: list[dict], contexts: dict[str, tuple[str, str]], cfg
     pending = []  # (spec, item, ctx_source, key, fields), metric-major: a metric's prefix stays KV-cached
     for spec in specs:
         steps = steps_info[spec["name"]]["steps"]
+        template = prompt_fingerprint(gevals[spec["name"]])
         for item in items:
             context, ctx_source = contexts.get(item["qa_id"], (item["reference"], "reference"))
             fields = _test_case_fields(spec, item, context)
             key = stable_id({"v": CACHE_VERSION, "judge": ident, "metric": spec["name"], "criteria": spec["criteria"],
-                             "steps": steps, "rubric": rubric_items(cfg), "fields": fields}, n=32)
+                             "steps": steps, "rubric": rubric_items(cfg), "template": template, "fields": fields}, n=32)
             if not item["answer"].strip():
                 counters["empty_answers"] += 1
                 finish(spec, item, ctx_source, {

@@ -274,14 +274,16 @@ class LogitJudge(jl.ProbabilityJudge):
         return "probabilities:logits"
 
 
-@pytest.mark.parametrize("probs", [(0.02, 0.08, 0.1, 0.3, 0.5), (0.9, 0.05, 0.03, 0.015, 0.005),
-                                   (0.2, 0.2, 0.2, 0.2, 0.2)])
-def test_geval_score_is_the_expected_value_of_our_logprobs(probs):
+@pytest.mark.parametrize("probs, prompt", [((0.02, 0.08, 0.1, 0.3, 0.5), "compact"),
+                                           ((0.9, 0.05, 0.03, 0.015, 0.005), "deepeval"),
+                                           ((0.2, 0.2, 0.2, 0.2, 0.2), "compact")])
+def test_geval_score_is_the_expected_value_of_our_logprobs(probs, prompt):
     """deepeval's GEval, fed our ChatCompletion, reports normalise(expected_score(.., 0.01))."""
     logits = [math.log(p) for p in probs]
     judge = LogitJudge(logits)
-    spec = stage.metric_specs(cfg_for())[0]
-    geval = stage._make_geval(spec, cfg_for(), judge, ["Check the facts."])
+    cfg = cfg_for(prompt=prompt)
+    spec = stage.metric_specs(cfg)[0]
+    geval = stage._make_geval(spec, cfg, judge, ["Check the facts."])
     rec = stage.judge_one(geval, judge, {"input": "q", "actual_output": "a", "expected_output": "r"})
     want = jl.normalise(jl.expected_score(logits, [1, 2, 3, 4, 5], min_prob=0.01), (1, 5))
     assert rec["score"] == pytest.approx(want, abs=1e-6) and not rec["failed"]
@@ -289,7 +291,13 @@ def test_geval_score_is_the_expected_value_of_our_logprobs(probs):
     # the prompt GEval built is deepeval's template with our rubric, steps and test case
     p = judge.prompts[0]
     assert "Evaluation Steps:\n1. Check the facts." in p and "1: The response does not meet" in p
-    assert "Actual Output:\na" in p and "between 1 and 5" in p
+    assert "Actual Output:\na" in p and jl.PREFIX_MARKER in p
+    if prompt == "deepeval":  # deepeval's own template, untouched
+        assert "between 1 and 5" in p and "Evaluation Criteria" not in p
+    else:  # the compact template states the criteria and asks for the score first
+        assert "Evaluation Criteria:\nDetermine whether the actual output is factually correct" in p
+        assert p.endswith('{"score": <integer 1-5>, "reason": "<one sentence>"}\n\nJSON:')
+        assert p.index("Rubric:") < p.index("Test Case:") < p.index("Actual Output:")
 
 
 # --------------------------------------------------------------------------- stage core + cache
@@ -343,6 +351,10 @@ def test_rerun_with_nothing_changed_calls_no_model(tmp_path):
     third = ScriptedBackend(grading_script)
     stage.judge_answers(changed, {}, cfg_for(), jl.TextJudge(third), cache)
     assert len(third.requests) == 2  # one judgement: prose, then the retry
+    # another results prompt is another judgement: nothing is reused
+    other = ScriptedBackend(grading_script)
+    _, m_other, _ = stage.judge_answers(changed, {}, cfg_for(prompt="deepeval"), jl.TextJudge(other), cache)
+    assert m_other["cache_hits"] == 0 and len(other.requests) == 4 * 2 + 3
     # raising max_retries re-tries the cached failure only
     fourth = ScriptedBackend(grading_script)
     _, m4, _ = stage.judge_answers(changed, {}, cfg_for(max_retries=3), jl.TextJudge(fourth, max_retries=3), cache)
