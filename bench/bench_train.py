@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import re
 import resource
 import sys
 import tempfile

@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from policytune.chat import FALLBACK_CHAT_TEMPLATE, template_sha
 from policytune.params import ParamsError, load_section, to_dict
