@@ -144,7 +144,8 @@ class TrainConfig:
         "help": "processes (DDP via torchrun: gloo on CPU, nccl on GPU); > 1 relaunches the stage"})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0: cores / nproc)"})
     compile: bool = field(default=False, metadata={
-        "help": "torch.compile the decoder MLPs and norms (CPU: about +5%, after a minute of compiling)"})
+        "help": "torch.compile the decoder MLPs and norms (measured on a 2-core AVX2 CPU: no gain "
+                "after about a minute of compiling; may help on GPUs)"})
     share_prefix: bool = field(default=True, metadata={
         "help": "run the prefix all rows of a micro-batch share once (exact; off: plain batches)"})
     paths: TrainPaths = field(default_factory=TrainPaths)
