@@ -93,13 +93,16 @@ class Replay(Backend):
     def fingerprint(self) -> str:
         return self.real.fingerprint()
 
-    def chat(self, batch, *, max_new_tokens, temperature=0.0, seed=0, prefill=None):
+    def chat(self, batch, *, max_new_tokens, temperature=0.0, seed=0, prefill=None, on_result=None):
         if temperature == 0 and all(messages_sha(m) in self.recorded for m in batch):
             outs = [self.recorded[messages_sha(m)] for m in batch]
             self._count(outs, sum(o.seconds for o in outs) / max(1, len(outs)))
+            for i, o in enumerate(outs):
+                if on_result is not None:
+                    on_result(i, o)
             return outs
         outs = self.real.chat(batch, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                              prefill=prefill)
+                              prefill=prefill, on_result=on_result)
         self._count(outs, outs[0].seconds if outs else 0.0)
         return outs
 

@@ -13,9 +13,14 @@ the complete JSON. ``n_tokens`` counts generated tokens only (not the prefill, n
 ``finish_reason`` is ``"stop"`` (the model ended its reply) or ``"length"`` (cut off by
 ``max_new_tokens``).
 
+``on_result(i, completion)`` (optional) is called as each conversation finishes, so a caller can
+save results as they come (a killed run resumes from there).
+
 - ``local``: a transformers causal LM from a model folder (``models/teacher``). Prompts are
-  rendered with the tokenizer's chat template, sorted by length, and generated in batches with
-  left padding and the KV cache; greedy when ``temperature == 0``, else seeded sampling. Loaded
+  rendered with the tokenizer's chat template. Greedy (``temperature == 0``): continuous
+  batching over the whole call with ``batch_size`` slots and the prompts' common prefix
+  prefilled once (:func:`policytune.generation.decode_greedy`). Sampling: seeded
+  ``model.generate`` on length-sorted, left-padded static batches. Loaded
   through :mod:`policytune.models` (dtype "auto": bf16 where it runs natively, else float32). The model is loaded on the first ``chat``,
   so a run served entirely from a cache never loads it.
 - ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp server,
@@ -35,17 +40,20 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from policytune.generation import decode_greedy, split_stop
 from policytune.records import read_json, sha256_file, sha256_text, stable_id, write_json
 
 log = logging.getLogger("policytune.llm")
 
 Messages = list[dict]
+OnResult = Callable[[int, "Completion"], None]  # (index in the batch, its completion), as each finishes
 
 
 class BackendError(RuntimeError):
@@ -117,7 +125,8 @@ class Backend:
         raise NotImplementedError
 
     def chat(self, batch: Sequence[Messages], *, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, prefill: str | None = None) -> list[Completion]:
+             seed: int = 0, prefill: str | None = None,
+             on_result: OnResult | None = None) -> list[Completion]:
         raise NotImplementedError
 
     def _count(self, outs: list[Completion], seconds: float) -> None:
@@ -138,11 +147,23 @@ def _backoff(attempt: int, base: float, cap: float, retry_after: float | None = 
     return delay * (0.75 + 0.5 * random.random())
 
 
-def _run_concurrently(fn: Callable[[int], Completion], n: int, concurrency: int) -> list[Completion]:
+def _run_concurrently(fn: Callable[[int], Completion], n: int, concurrency: int,
+                      on_result: OnResult | None = None) -> list[Completion]:
+    """``fn(i)`` for i < n on up to ``concurrency`` threads; ``on_result(i, completion)`` is called
+    (one call at a time) as each one finishes."""
+    lock = threading.Lock()
+
+    def one(i: int) -> Completion:
+        c = fn(i)
+        if on_result is not None:
+            with lock:
+                on_result(i, c)
+        return c
+
     if n <= 1 or concurrency <= 1:
-        return [fn(i) for i in range(n)]
+        return [one(i) for i in range(n)]
     with ThreadPoolExecutor(max_workers=min(concurrency, n)) as pool:
-        return list(pool.map(fn, range(n)))
+        return list(pool.map(one, range(n)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +301,8 @@ class LocalBackend(Backend):
         return text + (prefill or "")
 
     def chat(self, batch: Sequence[Messages], *, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, prefill: str | None = None) -> list[Completion]:
+             seed: int = 0, prefill: str | None = None,
+             on_result: OnResult | None = None) -> list[Completion]:
         import torch
 
         if not batch:
@@ -288,10 +310,37 @@ class LocalBackend(Backend):
         self.load()
         tok, model = self._tok, self._model
         ids = [tok(self.render(m, prefill), add_special_tokens=False)["input_ids"] for m in batch]
-        # Sort by length so each padded batch wastes as little compute as possible.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         outs: list[Completion | None] = [None] * len(ids)
         pad = tok.pad_token_id
+
+        def completion(i: int, toks: list[int], secs: float) -> Completion:
+            body, n, finish = split_stop(toks, self._eos_ids)
+            # Decode with a few prompt tokens in front, then cut them off: SentencePiece
+            # tokenizers drop a word's leading space when it is the first token decoded.
+            ctx = ids[i][-4:]
+            head = tok.decode(ctx, skip_special_tokens=True)
+            full = tok.decode(ctx + body, skip_special_tokens=True)
+            text = full[len(head):] if full.startswith(head) else tok.decode(body, skip_special_tokens=True)
+            return Completion(text=(prefill or "") + text, n_tokens=n,
+                              finish_reason="stop" if finish == "eos" else "length", seconds=secs)
+
+        if temperature <= 0:
+            t0 = time.monotonic()
+
+            def done(i: int, toks: list[int]) -> None:
+                outs[i] = completion(i, toks, time.monotonic() - t0)
+                if on_result is not None:
+                    on_result(i, outs[i])
+
+            stats: dict = {}
+            decode_greedy(model, ids, self._eos_ids, pad, max_new_tokens, self.batch_size, on_done=done, stats=stats)
+            for k in ("prompt_tokens", "prefilled_tokens"):  # prefilled < prompt: the shared prefix ran once
+                self.stats[k] = self.stats.get(k, 0) + stats[k]
+            self._count(outs, time.monotonic() - t0)  # type: ignore[arg-type]
+            return outs  # type: ignore[return-value]
+
+        # Sampling: static batches of similar length through model.generate.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             width = max(len(ids[i]) for i in idx)
@@ -300,35 +349,22 @@ class LocalBackend(Backend):
             for r, i in enumerate(idx):  # left padding: the prompts end where generation starts
                 input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
                 mask[r, width - len(ids[i]):] = 1
-            gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True}
-            if temperature > 0:
-                torch.manual_seed(seed)
-                gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
-            else:
-                gen_kwargs.update(do_sample=False)
+            torch.manual_seed(seed)
+            gen_kwargs = {"max_new_tokens": max_new_tokens, "use_cache": True, "do_sample": True,
+                          "temperature": float(temperature), "top_p": 1.0, "top_k": 0}
             t0 = time.monotonic()
             with torch.inference_mode():
                 out = model.generate(input_ids=input_ids.to(self._device), attention_mask=mask.to(self._device),
                                      **gen_kwargs)
             secs = time.monotonic() - t0
             gen = out[:, width:].tolist()
-            done = []
+            done_batch = []
             for r, i in enumerate(idx):
-                toks = gen[r]
-                stop = next((k for k, t in enumerate(toks) if t in self._eos_ids), None)
-                body = toks if stop is None else toks[:stop]
-                n = len(toks) if stop is None else stop + 1
-                # Decode with a few prompt tokens in front, then cut them off: SentencePiece
-                # tokenizers drop a word's leading space when it is the first token decoded.
-                ctx = ids[i][-4:]
-                head = tok.decode(ctx, skip_special_tokens=True)
-                full = tok.decode(ctx + body, skip_special_tokens=True)
-                text = full[len(head):] if full.startswith(head) else tok.decode(body, skip_special_tokens=True)
-                c = Completion(text=(prefill or "") + text, n_tokens=n,
-                               finish_reason="stop" if stop is not None else "length", seconds=secs)
-                outs[i] = c
-                done.append(c)
-            self._count(done, secs)
+                outs[i] = completion(i, gen[r], secs)
+                done_batch.append(outs[i])
+                if on_result is not None:
+                    on_result(i, outs[i])
+            self._count(done_batch, secs)
         return outs  # type: ignore[return-value]
 
 
@@ -442,10 +478,11 @@ class OpenAIBackend(Backend):
                           seconds=secs)
 
     def chat(self, batch: Sequence[Messages], *, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, prefill: str | None = None) -> list[Completion]:
+             seed: int = 0, prefill: str | None = None,
+             on_result: OnResult | None = None) -> list[Completion]:
         t0 = time.monotonic()
         outs = _run_concurrently(lambda i: self._one(batch[i], max_new_tokens, temperature, seed, prefill),
-                                 len(batch), self.cfg.concurrency)
+                                 len(batch), self.cfg.concurrency, on_result)
         self._count(outs, time.monotonic() - t0)
         return outs
 
@@ -578,11 +615,12 @@ class BedrockBackend(Backend):
                           finish_reason="length" if reason == "max_tokens" else "stop", seconds=secs)
 
     def chat(self, batch: Sequence[Messages], *, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, prefill: str | None = None) -> list[Completion]:
+             seed: int = 0, prefill: str | None = None,
+             on_result: OnResult | None = None) -> list[Completion]:
         # Converse has no seed parameter; determinism comes from temperature 0 and the cache.
         t0 = time.monotonic()
         outs = _run_concurrently(lambda i: self._one(batch[i], max_new_tokens, temperature, prefill),
-                                 len(batch), self.cfg.concurrency)
+                                 len(batch), self.cfg.concurrency, on_result)
         self._count(outs, time.monotonic() - t0)
         return outs
 

@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from policytune import metrics as M
+from policytune.generation import (decode_greedy, left_pad, render_prompts, split_stop,  # noqa: F401
+                                  stop_token_ids)
 from policytune.chat import DEFAULT_SYSTEM_PROMPT, FALLBACK_CHAT_TEMPLATE, template_sha, to_messages
 from policytune.params import ParamsError, load_section, to_dict
 from policytune.progress import Progress, get_logger
@@ -210,25 +212,6 @@ def build_prompts(rows: Sequence[dict], system_prompt: str, contexts: Optional[l
 # generation and reference perplexity
 # ---------------------------------------------------------------------------------------------
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends an assistant turn: generation_config eos, tokenizer eos, <|im_end|>."""
-    ids: list[int] = []
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-        tid = tokenizer.convert_tokens_to_ids(t)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
-            ids.append(tid)
-    return list(dict.fromkeys(int(i) for i in ids))
-
-
-def render_prompts(tokenizer, prompts: Sequence[list[dict]]) -> list[list[int]]:
-    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
 def gen_params(cfg: EvaluateConfig) -> dict:
     g = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample, "num_beams": 1,
          "repetition_penalty": cfg.repetition_penalty}
@@ -293,118 +276,21 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], gen: dict, batch_s
     return out  # type: ignore[return-value]
 
 
-def _left_pad(seqs: Sequence[list[int]], pad: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        attn[row, width - len(seq):] = 1
-    return ids, attn
-
-
-def _pad_cache_left(cache, extra: int) -> None:
-    import torch
-
-    if extra <= 0:
-        return
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name)
-            z = torch.zeros((*t.shape[:2], extra, t.shape[3]), dtype=t.dtype, device=t.device)
-            setattr(layer, name, torch.cat([z, t], dim=2))
-
-
 def generate_continuous(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int,
                         progress: Optional[Progress] = None, refill_at: Optional[int] = None) -> list[dict]:
-    """Greedy decoding with continuous batching; same result contract as :func:`generate`.
-
-    Up to ``batch_size`` questions decode together. A question that reaches a stop token (or
-    ``max_new_tokens``) leaves the batch at once — its rows are dropped from the KV cache — and
-    waiting questions (longest prompt first) are prefilled and merged in whenever at least
-    ``refill_at`` slots are free (default: a quarter of the batch), their caches left-padded to
-    a common length. So no step is spent on finished answers and the batch stays full, where a
-    static batch runs until its longest answer is done. Positions are explicit per row, so
-    every answer is computed exactly as if it were decoded alone (up to float rounding).
-    """
-    import torch
-
+    """Greedy decoding with continuous batching (policytune.generation.decode_greedy: finished
+    answers leave the batch, waiting questions join, a shared prompt prefix is prefilled once);
+    same result contract as :func:`generate`."""
     ids = render_prompts(tokenizer, prompts)
-    stops = set(stop_token_ids(model, tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops))
-    device = next(model.parameters()).device
-    queue = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    refill_at = refill_at or max(1, batch_size // 4)
-    out: list[Optional[dict]] = [None] * len(ids)
-    rows: list[int] = []          # question index of each batch row
-    toks: list[list[int]] = []    # generated tokens of each batch row
-    cache = attn = pos = last = None
-
-    def finish(keep: list[int]) -> None:
-        nonlocal cache, attn, pos, last, rows, toks
-        for r in range(len(rows)):
-            if r not in keep:
-                t = toks[r]
-                cut = next((j for j, x in enumerate(t) if x in stops), None)
-                body = t if cut is None else t[:cut]
-                out[rows[r]] = {"answer": tokenizer.decode(body, skip_special_tokens=True).strip(),
-                                "n_tokens": len(t) if cut is None else cut + 1,
-                                "finish": "length" if cut is None else "eos"}
-                if progress:
-                    progress.update(1)
-        if len(keep) < len(rows):
-            idx = torch.tensor(keep, dtype=torch.long, device=device)
-            if keep:
-                cache.batch_select_indices(idx)
-                attn, pos, last = attn[idx], pos[idx], last[idx]
-                # drop leading columns that are padding for every remaining row
-                lead = int((attn.sum(0) == 0).long().cumprod(0).sum())
-                if lead:
-                    attn = attn[:, lead:]
-                    for layer in cache.layers:
-                        layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
-            else:  # batch empty: the next prompts start a fresh cache
-                cache = attn = pos = last = None
-            rows, toks = [rows[r] for r in keep], [toks[r] for r in keep]
-
-    with torch.inference_mode():
-        while queue or rows:
-            free = batch_size - len(rows)
-            if queue and (free >= refill_at or not rows):
-                new = [queue.pop(0) for _ in range(min(free, len(queue)))]
-                n_ids, n_attn = _left_pad([ids[i] for i in new], pad)
-                n_pos = (n_attn.cumsum(-1) - 1).clamp(min=0)
-                o = model(input_ids=n_ids.to(device), attention_mask=n_attn.to(device),
-                          position_ids=n_pos.to(device), use_cache=True, logits_to_keep=1)
-                n_cache, n_last = o.past_key_values, o.logits[:, -1].argmax(-1)
-                n_attn, n_pos = n_attn.to(device), n_attn.sum(-1).to(device)
-                if cache is None:
-                    cache, attn, pos, last = n_cache, n_attn, n_pos, n_last
-                else:  # merge: left-pad the shorter cache, stack along the batch
-                    t_old, t_new = attn.shape[1], n_attn.shape[1]
-                    width = max(t_old, t_new)
-                    _pad_cache_left(cache, width - t_old)
-                    _pad_cache_left(n_cache, width - t_new)
-                    for la, lb in zip(cache.layers, n_cache.layers):
-                        la.keys = torch.cat([la.keys, lb.keys], 0)
-                        la.values = torch.cat([la.values, lb.values], 0)
-                    z = lambda a, k: torch.cat([torch.zeros((a.shape[0], k), dtype=a.dtype, device=device), a], 1)
-                    attn = torch.cat([z(attn, width - t_old), z(n_attn, width - t_new)], 0)
-                    pos, last = torch.cat([pos, n_pos]), torch.cat([last, n_last])
-                rows += new
-                toks += [[int(t)] for t in n_last.tolist()]
-                finish([r for r in range(len(rows)) if toks[r][-1] not in stops and len(toks[r]) < max_new_tokens])
-                continue
-            attn = torch.cat([attn, torch.ones((attn.shape[0], 1), dtype=attn.dtype, device=device)], 1)
-            o = model(input_ids=last[:, None], attention_mask=attn, position_ids=pos[:, None],
-                      past_key_values=cache, use_cache=True)
-            cache, last, pos = o.past_key_values, o.logits[:, -1].argmax(-1), pos + 1
-            for r, t in enumerate(last.tolist()):
-                toks[r].append(int(t))
-            finish([r for r in range(len(rows)) if toks[r][-1] not in stops and len(toks[r]) < max_new_tokens])
-    return out  # type: ignore[return-value]
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    done = (lambda i, t: progress.update(1)) if progress else None
+    out = []
+    for toks in decode_greedy(model, ids, stops, pad, max_new_tokens, batch_size, refill_at=refill_at, on_done=done):
+        body, n_tokens, finish = split_stop(toks, stops)
+        out.append({"answer": tokenizer.decode(body, skip_special_tokens=True).strip(),
+                    "n_tokens": n_tokens, "finish": finish})
+    return out
 
 
 def assistant_ids(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int], list[int]]:
@@ -435,7 +321,7 @@ def reference_nll(model, tokenizer, prompts: Sequence[list[dict]], references: S
     out = [float("nan")] * len(pairs)
     for start in range(0, len(order), max(1, batch_size)):
         batch = order[start:start + batch_size]
-        input_ids, attn = _left_pad([pairs[i][0] + pairs[i][1] for i in batch], pad)
+        input_ids, attn = left_pad([pairs[i][0] + pairs[i][1] for i in batch], pad)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         n_ans = torch.tensor([len(pairs[i][1]) for i in batch])
         keep = int(n_ans.max()) + 1

@@ -478,25 +478,27 @@ def generate(chunks: list[dict], cfg: GenerateQAConfig, backend: Backend, cache:
                 stats["retries"] += len(todo)
                 log.info("retry round %d: %d chunks without a valid pair", k, len(todo))
             temp, seed = (cfg.temperature if k == 0 else retry_temp), cfg.seed + k
-            todo.sort(key=lambda key: len(first_chunk[key]["text"]))  # similar lengths share a padded batch
-            for b in range(0, len(todo), cfg.batch_size):
-                batch = todo[b:b + cfg.batch_size]
-                outs = backend.chat([build_messages(first_chunk[key], cfg) for key in batch],
-                                    max_new_tokens=cfg.max_new_tokens, temperature=temp, seed=seed,
-                                    prefill=cfg.prefill or None)
-                for key, o in zip(batch, outs):
-                    entry = entries[key]
-                    entry["attempts"].append({"attempt": k, "temperature": temp, "seed": seed, "text": o.text,
-                                              "n_tokens": o.n_tokens, "finish_reason": o.finish_reason,
-                                              "seconds": round(o.seconds, 3)})
-                    ok = evaluate_attempt(o.text, o.finish_reason, first_chunk[key]["text"], cfg)[0]
-                    if ok:
-                        status[key] = k
-                    entry["pairs"] = ok
-                    entry["status"] = "ok" if ok else ("failed" if k + 1 >= n_attempts else "retry")
-                    cache.put(key, entry)  # saved as each batch finishes: a killed run resumes here
-                    if ok or k + 1 >= n_attempts:
-                        prog.update(1)
+
+            def save(i: int, o, k=k, todo=todo, temp=temp, seed=seed) -> None:
+                key = todo[i]
+                entry = entries[key]
+                entry["attempts"].append({"attempt": k, "temperature": temp, "seed": seed, "text": o.text,
+                                          "n_tokens": o.n_tokens, "finish_reason": o.finish_reason,
+                                          "seconds": round(o.seconds, 3)})
+                ok = evaluate_attempt(o.text, o.finish_reason, first_chunk[key]["text"], cfg)[0]
+                if ok:
+                    status[key] = k
+                entry["pairs"] = ok
+                entry["status"] = "ok" if ok else ("failed" if k + 1 >= n_attempts else "retry")
+                cache.put(key, entry)  # saved as each reply arrives: a killed run resumes here
+                if ok or k + 1 >= n_attempts:
+                    prog.update(1)
+
+            # One call per round: the local backend keeps batch_size replies decoding at once
+            # (continuous batching, shared prompt prefix prefilled once); remote backends run
+            # their own concurrency. Each reply is cached the moment it arrives.
+            backend.chat([build_messages(first_chunk[key], cfg) for key in todo], max_new_tokens=cfg.max_new_tokens,
+                         temperature=temp, seed=seed, prefill=cfg.prefill or None, on_result=save)
     stats["teacher_tokens_generated"] = backend.stats["generated_tokens"] - tokens0
     stats["teacher_seconds"] = round(backend.stats["seconds"] - secs0, 3)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from policytune import generation as G
 import yaml
 
 from policytune.chat import FALLBACK_CHAT_TEMPLATE, template_sha
@@ -191,13 +193,32 @@ def test_continuous_batching_matches_one_at_a_time(base_lm, tok, monkeypatch):
     single = [E.generate(base_lm, tok, [p], gen, batch_size=1)[0] for p in prompts]
     assert len({s["n_tokens"] for s in single}) >= 2 and any(s["finish"] == "eos" for s in single)
     pads = []
-    real_pad = E._pad_cache_left
-    monkeypatch.setattr(E, "_pad_cache_left", lambda cache, extra: (pads.append(extra), real_pad(cache, extra)))
+    real_pad = G.pad_cache_left
+    monkeypatch.setattr(G, "pad_cache_left", lambda cache, extra: (pads.append(extra), real_pad(cache, extra)))
     for bs, refill in ((3, 1), (4, 2), (16, 4)):
         cont = E.generate_continuous(base_lm, tok, prompts, 9, batch_size=bs, refill_at=refill)
         assert cont == single, (bs, refill)
     assert any(p > 0 for p in pads)  # a prompt joined a running batch with a cache of another length
     assert E.generate(base_lm, tok, prompts, gen, 4, batching="continuous") == single
+
+
+def test_shared_prefix_is_prefilled_once_and_changes_nothing(base_lm, tok):
+    """Prompts with a long common system prompt: decode_greedy prefills it once, copies its KV
+    cache into each new batch (padding then sits between prefix and suffix) and gives the same
+    greedy tokens as model.generate on each prompt alone."""
+    system = "You are a careful policy assistant. " * 8
+    qs = [r["question"] for r in ROWS] + ["Why? " * 12, "Leave", "Explain " + "the assessment " * 5]
+    ids = G.render_prompts(tok, [E.to_messages(q, system=system) for q in qs])
+    alone = []
+    for seq in ids:
+        out = base_lm.generate(input_ids=torch.tensor([seq]), max_new_tokens=7, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+        alone.append(out[0, len(seq):].tolist())
+    stats = {}
+    got = G.decode_greedy(base_lm, ids, stops=[], pad=0, max_new_tokens=7, batch_size=3, refill_at=1, stats=stats)
+    assert got == alone
+    assert stats["prefix_tokens"] >= 32 and stats["prefilled_tokens"] < stats["prompt_tokens"]
+    assert G.common_prefix_len([[1, 2, 3], [1, 2, 4]]) == 2 and G.common_prefix_len([[1, 2], [1, 2, 5]]) == 1
 
 
 def test_reference_nll_uses_assistant_tokens_only(base_lm, tok):

@@ -61,10 +61,10 @@ class ScriptedBackend(Backend):
 
     name = "scripted"
 
-    def __init__(self, reply=None, fail_after_calls: int | None = None):
+    def __init__(self, reply=None, fail_after_prompts: int | None = None):
         super().__init__()
         self.reply = reply or (lambda text, temperature: next(v for k, v in GOOD.items() if k in text))
-        self.fail_after_calls = fail_after_calls
+        self.fail_after_prompts = fail_after_prompts
         self.prompts: list[str] = []
 
     @property
@@ -74,16 +74,18 @@ class ScriptedBackend(Backend):
     def fingerprint(self) -> str:
         return "scripted:v1"
 
-    def chat(self, batch, *, max_new_tokens, temperature=0.0, seed=0, prefill=None):
-        if self.fail_after_calls is not None and self.stats["calls"] >= self.fail_after_calls:
-            raise RuntimeError("killed")
+    def chat(self, batch, *, max_new_tokens, temperature=0.0, seed=0, prefill=None, on_result=None):
         outs = []
-        for messages in batch:
+        for i, messages in enumerate(batch):
+            if self.fail_after_prompts is not None and len(self.prompts) >= self.fail_after_prompts:
+                raise RuntimeError("killed")
             user = messages[-1]["content"]
             doc = user.split("<document", 1)[1]
             self.prompts.append(user)
             text = self.reply(doc, temperature)
             outs.append(Completion(text=text, n_tokens=len(text.split()), finish_reason="stop", seconds=0.01))
+            if on_result is not None:
+                on_result(i, outs[-1])
         self._count(outs, 0.01 * len(batch))
         return outs
 
@@ -279,7 +281,7 @@ def test_records_lineage_and_stats(tmp_path):
     assert (s["pairs_generated"], s["accepted"], s["model_calls"]) == (7, 7, 3)
     assert s["rejected_by_reason"] == {"chunk_too_short": 1}
     assert s["teacher_tokens_generated"] > 0 and s["teacher_tokens_per_s"] > 0
-    assert be.stats["calls"] == 2  # batch_size 2: three chunks in two calls
+    assert be.stats["calls"] == 1  # one call per round (the backend batches); replies saved one by one
 
 
 def test_retry_uses_seeded_sampling_then_gives_up_and_counts(tmp_path):
@@ -346,10 +348,10 @@ def test_cache_second_run_calls_no_model_and_one_new_chunk_one_generation(tmp_pa
     assert be.stats["prompts"] == 0
 
 
-def test_killed_run_resumes_from_finished_batches(tmp_path):
+def test_killed_run_resumes_from_finished_replies(tmp_path):
     chunks = [chunk("a1", AI_ACT), chunk("l1", LEAVE), chunk("x1", EXPENSES)]
     with pytest.raises(RuntimeError, match="killed"):
-        generate(chunks, cfg(batch_size=1), ScriptedBackend(fail_after_calls=2), QACache(tmp_path / "c"),
+        generate(chunks, cfg(batch_size=1), ScriptedBackend(fail_after_prompts=2), QACache(tmp_path / "c"),
                  embed=fake_embed)
     assert len(list((tmp_path / "c").rglob("*.json"))) == 2
     be = ScriptedBackend()

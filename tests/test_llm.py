@@ -99,8 +99,27 @@ def tiny_backend(tiny_model_dir):
 
 
 def test_local_batched_equals_one_at_a_time(tiny_model_dir, tiny_backend):
+    """Greedy: continuous batching over the whole call (policytune.generation.decode_greedy)
+    gives each prompt exactly what it gets alone, and what model.generate gives it."""
     one = LocalBackend(tiny_model_dir, dtype="float32", batch_size=1, device="cpu",
                        model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
+    got = {}
+    batched = tiny_backend.chat(PROMPTS, max_new_tokens=10, on_result=lambda i, c: got.setdefault(i, c))
+    singles = [one.chat([p], max_new_tokens=10)[0] for p in PROMPTS]
+    assert [c.text for c in batched] == [c.text for c in singles]
+    assert [c.n_tokens for c in batched] == [c.n_tokens for c in singles]
+    assert sorted(got) == list(range(len(PROMPTS))) and [got[i] for i in range(len(PROMPTS))] == batched
+    # The comparison means something: the random model does not say the same thing to everyone.
+    assert len({c.text for c in singles}) > 1
+    tok, model = tiny_backend.tokenizer, tiny_backend.model
+    ids = tok(tiny_backend.render(PROMPTS[0]), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ref = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False, eos_token_id=sorted(tiny_backend._eos_ids))
+    assert tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).strip() == singles[0].text.strip()
+    for c in batched:
+        assert 1 <= c.n_tokens <= 10 and c.finish_reason in ("stop", "length")
+
+
+def test_local_sampling_uses_left_padded_batches(tiny_backend):
     seen = []
     real_generate = tiny_backend.model.generate
 
@@ -110,16 +129,9 @@ def test_local_batched_equals_one_at_a_time(tiny_model_dir, tiny_backend):
 
     tiny_backend.model.generate = spy
     try:
-        batched = tiny_backend.chat(PROMPTS, max_new_tokens=10)
+        tiny_backend.chat(PROMPTS, max_new_tokens=4, temperature=1.0, seed=3)
     finally:
         del tiny_backend.model.generate
-    singles = [one.chat([p], max_new_tokens=10)[0] for p in PROMPTS]
-    assert [c.text for c in batched] == [c.text for c in singles]
-    assert [c.n_tokens for c in batched] == [c.n_tokens for c in singles]
-    # The comparison means something: the random model does not say the same thing to everyone.
-    assert len({c.text for c in singles}) > 1
-    # One padded call, left padding, KV cache: the mask starts with zeros for shorter prompts,
-    # every row ends with a real token, and rows are sorted by length.
     assert len(seen) == 1
     ids, mask = seen[0]
     assert ids.shape[0] == len(PROMPTS)
@@ -128,8 +140,6 @@ def test_local_batched_equals_one_at_a_time(tiny_model_dir, tiny_backend):
     assert int(mask[0, 0]) == 0                # ... on the left
     assert mask.sum(1).tolist() == sorted(mask.sum(1).tolist())
     assert tiny_backend.tokenizer.padding_side == "left"
-    for c in batched:
-        assert 1 <= c.n_tokens <= 10 and c.finish_reason in ("stop", "length")
 
 
 def test_local_prefill_seeded_sampling_and_stats(tiny_backend):
