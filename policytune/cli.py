@@ -1,0 +1,42 @@
+"""The ``policytune`` console script: ``policytune chat`` and ``policytune serve``.
+
+    policytune chat [--base] [--rag] ...     # = python -m stages.chat
+    policytune serve [--port 8000] ...       # = python -m stages.serve
+    policytune <command> --help
+
+Each subcommand hands the rest of the command line to its module's ``main``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional
+
+COMMANDS = {
+    "chat": ("stages.chat", "chat with the fine-tuned model in the terminal (answers streamed)"),
+    "serve": ("stages.serve", "local web app + OpenAI-compatible API: base vs fine-tuned side by side"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: policytune <command> [flags]", "", "commands:"]
+    lines += [f"  {name:<7} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "policytune <command> --help lists a command's flags."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] not in COMMANDS:
+        print(f"policytune: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    module.main(argv[1:], prog=f"policytune {argv[0]}")
+
+
+if __name__ == "__main__":
+    main()
