@@ -100,7 +100,7 @@ class Engine:
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.stream_timeout_s = stream_timeout_s
         # A PeftModel carries peft_config {adapter name: config}; its active adapter is the fine-tune.
-        self.adapter_name: Optional[str] = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
+        self.adapter_name: Optional[str] = model.active_adapter if hasattr(model, "peft_config") else None
         self.device = next(model.parameters()).device
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_ids))

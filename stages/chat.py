@@ -45,7 +45,6 @@ MODEL_DIR = Path("models/student")
 ADAPTER_DIR = Path("models/adapter")
 ENCODER_DIR = Path("models/encoder")
 CHUNKS_PATH = Path("data/chunks.jsonl")
-ROLES = ("system", "user", "assistant")
 
 log = get_logger("chat")
 
@@ -273,17 +272,15 @@ def print_sources(sources: list[dict], out=sys.stdout) -> None:
 
 
 def repl(bot: Chatbot, *, finetuned: bool, rag: bool, max_new_tokens: int, temperature: float,
-         inp=sys.stdin, out=sys.stdout) -> None:
+         read=input, out=sys.stdout) -> None:
     """Read questions line by line, stream each answer, keep the conversation as history."""
     history: list[dict] = []
     while True:
-        out.write("you> ")
-        out.flush()
-        line = inp.readline()
-        if not line:  # EOF (Ctrl-D, or the end of piped input)
+        try:
+            question = read("you> ").strip()
+        except EOFError:  # Ctrl-D, or the end of piped input
             out.write("\n")
             return
-        question = line.strip()
         if question in ("/exit", "/quit"):
             return
         if question == "/reset":
@@ -327,6 +324,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
     ap.add_argument("--rag", action="store_true", help="ground answers in the top-k chunks and print their URLs")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), else sampling")
     args = ap.parse_args(argv)
+    if args.max_new_tokens < 1 or (args.top_k is not None and args.top_k < 1) or not 0 <= args.temperature <= 2:
+        ap.error("--max-new-tokens and --top-k must be >= 1, --temperature from 0 to 2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     system_prompt, top_k = defaults_from_params(args.params)
     try:
@@ -336,6 +335,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
                            dtype=args.dtype, context_tokens=args.context_tokens, max_batch=1, max_waiting=1)
     except ChatbotError as e:
         raise SystemExit(f"chat: {e}") from None
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
     variant = "base model" if args.base else f"fine-tuned (adapter {args.adapter_dir})"
     print(f"policytune chat — {args.model_dir}, {variant}, chat template {bot.info['chat_template_sha']}"
           f"{', RAG top ' + str(bot.retriever.top_k) if bot.retriever else ''}. /reset clears, /exit quits.")

@@ -53,7 +53,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
@@ -458,6 +457,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
     ap.add_argument("--client-timeout", type=float, default=d.client_timeout_s,
                     help="seconds a client may stall sending or reading (default: %(default)s)")
     args = ap.parse_args(argv)
+    if min(args.max_batch, args.max_waiting, args.max_tokens_limit, args.max_body_bytes, args.max_new_tokens) < 1:
+        ap.error("--max-batch, --max-waiting, --max-tokens-limit, --max-body-bytes and --max-new-tokens must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     system_prompt, top_k = defaults_from_params(args.params)
     rag = not args.no_rag and Path(args.encoder_dir).is_dir() and Path(args.chunks).is_file()
@@ -480,6 +481,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
     except OSError as e:
         bot.close()
         raise SystemExit(f"serve: cannot listen on {args.host}:{args.port}: {e}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable from other machines, with no authentication", args.host)
     print(f"serving {', '.join(bot.models)} on {server.url}/ (RAG {'on' if rag else 'off'}); Ctrl-C stops",
           flush=True)
     try:

@@ -30,7 +30,8 @@ CHUNKS = [
      "text": "Annual leave requests are approved by the employee's line manager."},
     {"chunk_id": "c3", "doc_id": "d3", "url": "https://example.org/policies/remote", "title": "Remote work policy",
      "text": "Remote work is allowed for up to three days per week with manager agreement."},
-    {"chunk_id": "c4", "doc_id": "d4", "url": "https://example.org/ai-act/high-risk", "title": "AI Act: high-risk systems",
+    {"chunk_id": "c4", "doc_id": "d4", "url": "https://example.org/ai-act/high-risk",
+     "title": "AI Act: high-risk systems",
      "text": "High-risk AI systems undergo a conformity assessment before they are placed on the market."},
 ]
 
