@@ -15,8 +15,8 @@ Each step the worker
 1. admits waiting requests while fewer than ``max_batch`` rows decode: their prompts are
    prefilled together (left-padded) and their KV caches merged into the running batch, so a new
    question never waits for the answers already being written to finish;
-2. runs one decode step for every row (explicit positions per row, so each answer is computed as
-   if decoded alone) and picks each row's next token: greedy at temperature 0, else sampled from
+2. runs one decode step for every row (explicit positions per row, as in :mod:`policytune.generation`,
+   so each answer is computed as if decoded alone) and picks each row's next token: greedy at temperature 0, else sampled from
    the row's own seeded generator;
 3. hands each token to its reply's streamer (a per-request queue: a consumer that reads slowly,
    or not at all, never holds up the worker) and drops finished or cancelled rows from the cache.
@@ -34,6 +34,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
+
+from policytune.generation import left_pad, pad_cache_left
 
 log = logging.getLogger("policytune.engine")
 
@@ -225,12 +227,7 @@ class Engine:
         """Prompt pass for newly admitted rows, merged into the running batch; emits their first token."""
         import torch
 
-        width = max(len(r.prompt_ids) for r in new)
-        ids = torch.full((len(new), width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(new), width), dtype=torch.long)
-        for row, r in enumerate(new):
-            ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            attn[row, width - len(r.prompt_ids):] = 1
+        ids, attn = left_pad([r.prompt_ids for r in new], self.pad_id)
         out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None, new)
         attn, pos = attn.to(self.device), attn.sum(-1).to(self.device)
         if not self._rows:
@@ -238,8 +235,8 @@ class Engine:
         else:  # left-pad the narrower of the two caches, then stack the new rows under the old ones
             old_w, new_w = self._attn.shape[1], attn.shape[1]
             width = max(old_w, new_w)
-            _pad_cache_left(self._cache, width - old_w)
-            _pad_cache_left(out.past_key_values, width - new_w)
+            pad_cache_left(self._cache, width - old_w)
+            pad_cache_left(out.past_key_values, width - new_w)
             for a, b in zip(self._cache.layers, out.past_key_values.layers):
                 a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
             self._attn = torch.cat([_pad_left(self._attn, width - old_w), _pad_left(attn, width - new_w)])
@@ -342,14 +339,3 @@ def _pad_left(t, n: int):
         return t
     return torch.cat([torch.zeros((t.shape[0], n), dtype=t.dtype, device=t.device), t], 1)
 
-
-def _pad_cache_left(cache, n: int) -> None:
-    import torch
-
-    if n <= 0:
-        return
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name)
-            z = torch.zeros((*t.shape[:2], n, t.shape[3]), dtype=t.dtype, device=t.device)
-            setattr(layer, name, torch.cat([z, t], dim=2))

@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence
 
 from policytune.chat import DEFAULT_SYSTEM_PROMPT, template_sha
 from policytune.engine import Engine, Reply
+from policytune.generation import stop_token_ids
 from policytune.params import ParamsError, read_params
 from policytune.progress import get_logger
 from policytune.records import read_jsonl
@@ -178,7 +179,7 @@ class Chatbot:
             retriever = Retriever(load_encoder(encoder_dir), read_jsonl(chunks_path), top_k, max_chars)
             info.update(encoder_dir=str(encoder_dir), chunks=str(chunks_path), chunk_count=len(retriever.chunks))
         limit = context_tokens or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-        engine = Engine(model, tokenizer, E.stop_token_ids(model, tokenizer), max_batch=max_batch,
+        engine = Engine(model, tokenizer, stop_token_ids(model, tokenizer), max_batch=max_batch,
                         max_waiting=max_waiting).start()
         return cls(model, tokenizer, engine, system_prompt=system_prompt, context_tokens=limit,
                    retriever=retriever, info=info)
