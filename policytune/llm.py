@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from policytune.generation import decode_greedy, split_stop
+from policytune.models import QUANTIZE, quantize_int8, resolve_quantize
 from policytune.records import read_json, sha256_file, sha256_text, stable_id, write_json
 
 log = logging.getLogger("policytune.llm")
@@ -215,8 +216,11 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "auto", batch_size: int = 8,
-                 device: str = "auto", model: Any = None, tokenizer: Any = None):
+                 device: str = "auto", quantize: str = "none", model: Any = None, tokenizer: Any = None):
         super().__init__()
+        if quantize not in QUANTIZE:
+            raise BackendError(f"unknown quantize {quantize!r}; use one of {', '.join(QUANTIZE)}")
+        self.quantize = quantize
         self.model_dir = str(model_dir)
         self.dtype_name = dtype
         self.batch_size = max(1, int(batch_size))
@@ -231,7 +235,8 @@ class LocalBackend(Backend):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = dir_fingerprint(self.model_dir)
+            # int8 replies differ slightly from float ones: a quantized model is another model
+            self._fingerprint = dir_fingerprint(self.model_dir) + ("" if self.quantize == "none" else f"+q:{self.quantize}")
         return self._fingerprint
 
     @property
@@ -263,6 +268,13 @@ class LocalBackend(Backend):
         if model is None:  # dtype "auto": bf16 where it runs natively, else float32 (models.resolve_dtype)
             model = load_causal_lm(self.model_dir, dtype=self.dtype_name, device=device)
         model.to(device).eval()
+        try:
+            quant = resolve_quantize(self.quantize, device, next(model.parameters()).dtype)
+        except ValueError as e:
+            raise BackendError(f"{self.model_dir}: {e}") from None
+        if quant == "int8" and self._model is None:
+            model = quantize_int8(model)
+        self.quantized = quant
         # A clean generation config: a model's shipped sampling defaults (top_k, top_p,
         # repetition_penalty...) must not silently change what "greedy" or "seeded" means here.
         eos = model.generation_config.eos_token_id
@@ -277,8 +289,8 @@ class LocalBackend(Backend):
         self._eos_ids = eos_ids
         self._model, self._tok, self._device = model, tok, device
         self._ready = True
-        log.info("loaded %s (%s, %s) in %.1fs", self.model_dir, next(model.parameters()).dtype, device,
-                 time.monotonic() - t0)
+        log.info("loaded %s (%s%s, %s) in %.1fs", self.model_dir, next(model.parameters()).dtype,
+                 ", int8 Linear layers" if quant == "int8" else "", device, time.monotonic() - t0)
 
     @property
     def tokenizer(self):
@@ -641,7 +653,8 @@ def make_backend(cfg: Any) -> Backend:
     kind = getattr(cfg, "backend", "local")
     if kind == "local":
         return LocalBackend(cfg.model_dir, dtype=getattr(cfg, "dtype", "auto"),
-                            batch_size=getattr(cfg, "batch_size", 8), device=getattr(cfg, "device", "auto"))
+                            batch_size=getattr(cfg, "batch_size", 8), device=getattr(cfg, "device", "auto"),
+                            quantize=getattr(cfg, "quantize", "none"))
     if kind == "openai":
         return OpenAIBackend(getattr(cfg, "openai", None) or OpenAIConfig())
     if kind == "bedrock":

@@ -332,6 +332,38 @@ def load_causal_lm(path: str | Path, dtype="auto", device: str | None = None):
     return model.to(device).eval()
 
 
+QUANTIZE = ("none", "int8", "auto")
+
+
+def resolve_quantize(quantize: str, device: str, dtype) -> str:
+    """ "none" | "int8" for an inference model. "auto" = int8 on a CPU running float32 (no native
+    bf16): dynamic int8 Linear layers (fbgemm) cut a decode step of the 0.5B teacher from 0.48 to
+    0.11 s at batch 16 and its prefill by 1.2x (1.5B: 4.9x and 1.7x), measured on a 2-core AVX2
+    EPYC; on a GPU or with bf16 it stays off."""
+    import torch
+
+    if quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantize {quantize!r}; use one of {', '.join(QUANTIZE)}")
+    if quantize == "auto":
+        return "int8" if str(device).startswith("cpu") and dtype == torch.float32 else "none"
+    if quantize == "int8" and not str(device).startswith("cpu"):
+        raise ValueError("quantize: int8 is dynamic CPU quantization; use none (or auto) on a GPU")
+    return quantize
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of every nn.Linear (weights int8 per output channel,
+    activations quantized on the fly); embeddings and norms stay float32. Inference only."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao deprecation notice: the API still works in 2.13
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
 def ensure_pad_token(tokenizer) -> None:
     """Give a tokenizer a pad token if it has none: its unk token, else its eos token."""
     if tokenizer.pad_token is None:

@@ -76,6 +76,7 @@ class TeacherConfig:
     backend: str = field(default="local", metadata={"help": "policytune.llm backend (local)"})
     model_dir: str = field(default="models/teacher", metadata={"help": "prepared causal LM folder"})
     dtype: str = field(default="auto", metadata={"help": "auto|bfloat16|float16|float32"})
+    quantize: str = field(default="auto", metadata={"help": "none | int8 | auto (int8 Linear layers on a float32 CPU)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     max_new_tokens: int = field(default=128, metadata={"help": "token limit per translation"})

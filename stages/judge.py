@@ -101,6 +101,8 @@ class JudgeConfig:
     model_dir: str = field(default="models/judge", metadata={"help": "local judge model folder (backend: local)"})
     dtype: str = field(default="auto", metadata={"help": "local: auto | float32 | bfloat16 | float16"})
     device: str = field(default="auto", metadata={"help": "local: auto | cpu | cuda"})
+    quantize: str = field(default="none", metadata={
+        "help": "local: none | int8 | auto (int8 Linear layers on a float32 CPU; changes the scores slightly)"})
     prompt: str = field(default="compact", metadata={
         "help": "GEval results prompt: compact (G-Eval paper shape: criteria, steps, rubric, test case, "
                 "score first; via GEval's evaluation_template hook) | deepeval (deepeval's default template)"})

@@ -443,3 +443,27 @@ def test_bedrock_no_credentials_and_unreachable(bedrock_env, monkeypatch):
     with pytest.raises(BackendError, match=r"cannot reach http://127.0.0.1:\d+ after 2 attempts"):
         _bedrock(f"http://127.0.0.1:{_free_port()}", "ok", max_retries=1).chat(
             [[{"role": "user", "content": "q"}]], max_new_tokens=16)
+
+
+def test_int8_quantize_is_opt_in_and_changes_the_cache_identity(tiny_model_dir):
+    """quantize: int8 swaps every nn.Linear for a dynamic int8 one at load (CPU only), keeps the
+    chat contract, and is part of the fingerprint (cached float replies are not reused)."""
+    import torch
+
+    from policytune.models import resolve_quantize
+
+    assert resolve_quantize("auto", "cpu", torch.float32) == "int8"
+    assert resolve_quantize("auto", "cpu", torch.bfloat16) == "none"
+    assert resolve_quantize("auto", "cuda", torch.float32) == "none"
+    with pytest.raises(ValueError, match="GPU"):
+        resolve_quantize("int8", "cuda", torch.float32)
+    with pytest.raises(BackendError, match="unknown quantize"):
+        LocalBackend(tiny_model_dir, quantize="int4")
+    q = LocalBackend(tiny_model_dir, dtype="float32", batch_size=4, device="cpu", quantize="int8")
+    f = LocalBackend(tiny_model_dir, dtype="float32", batch_size=4, device="cpu")
+    assert q.fingerprint() != f.fingerprint() and q.fingerprint().startswith(f.fingerprint())
+    outs = q.chat(PROMPTS[:3], max_new_tokens=6)
+    assert q.quantized == "int8"
+    assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
+    assert all(1 <= o.n_tokens <= 6 and o.finish_reason in ("stop", "length") for o in outs)
+    assert [o.text for o in q.chat(PROMPTS[:3], max_new_tokens=6)] == [o.text for o in outs]  # deterministic
