@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from policytune.generation import decode_greedy, split_stop
-from policytune.models import QUANTIZE, quantize_int8, resolve_quantize
+from policytune.models import QUANTIZE, quantize_int8, resolve_dtype, resolve_quantize, saved_dtype
 from policytune.records import read_json, sha256_file, sha256_text, stable_id, write_json
 
 log = logging.getLogger("policytune.llm")
@@ -266,14 +266,19 @@ class LocalBackend(Backend):
         ensure_pad_token(tok)
         model = self._model
         if model is None:  # dtype "auto": bf16 where it runs natively, else float32 (models.resolve_dtype)
-            model = load_causal_lm(self.model_dir, dtype=self.dtype_name, device=device)
+            saved = saved_dtype(self.model_dir)
+            try:
+                quant = resolve_quantize(self.quantize, device, resolve_dtype(self.dtype_name, saved, device))
+            except ValueError as e:
+                raise BackendError(f"{self.model_dir}: {e}") from None
+            # int8: load as saved (bf16: half the memory of float32) and quantize layer by layer
+            model = load_causal_lm(self.model_dir, dtype=saved if quant == "int8" and saved else self.dtype_name,
+                                   device=device)
+            if quant == "int8":
+                model = quantize_int8(model)
+        else:
+            quant = "none"
         model.to(device).eval()
-        try:
-            quant = resolve_quantize(self.quantize, device, next(model.parameters()).dtype)
-        except ValueError as e:
-            raise BackendError(f"{self.model_dir}: {e}") from None
-        if quant == "int8" and self._model is None:
-            model = quantize_int8(model)
         self.quantized = quant
         # A clean generation config: a model's shipped sampling defaults (top_k, top_p,
         # repetition_penalty...) must not silently change what "greedy" or "seeded" means here.

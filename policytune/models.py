@@ -270,6 +270,16 @@ def model_info(path: str | Path) -> dict:
     return read_json(manifest)
 
 
+def saved_dtype(path: str | Path) -> str | None:
+    """The dtype a Hugging Face model folder's config.json says its weights are saved in."""
+    try:
+        config = read_json(Path(path) / "config.json")
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype")
+    return str(name).removeprefix("torch.") if name else None
+
+
 def bf16_supported(device: str | None = None) -> bool:
     """Whether bfloat16 matmuls run natively (fast) on ``device`` (default: cuda if present)."""
     import torch
@@ -353,15 +363,30 @@ def resolve_quantize(quantize: str, device: str, dtype) -> str:
 
 def quantize_int8(model):
     """Dynamic int8 quantization of every nn.Linear (weights int8 per output channel,
-    activations quantized on the fly); embeddings and norms stay float32. Inference only."""
+    activations quantized on the fly per batch); embeddings and norms become float32. Inference
+    only. Layer by layer, so a model loaded in bf16 never exists in float32 as a whole: the 1.5B
+    judge peaks at ~5 GB instead of ~11 GB (bf16 on disk -> float32 in memory)."""
     import warnings
 
     import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
 
     with warnings.catch_warnings():  # torch.ao deprecation notice: the API still works in 2.13
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is not torch.nn.Linear:
+                    continue
+                f = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                    device="meta")
+                f.weight = torch.nn.Parameter(child.weight.detach().float(), requires_grad=False)
+                if child.bias is not None:
+                    f.bias = torch.nn.Parameter(child.bias.detach().float(), requires_grad=False)
+                f.qconfig = per_channel_dynamic_qconfig
+                setattr(parent, name, QLinear.from_float(f))
+                del f, child
+    return model.float()
 
 
 def ensure_pad_token(tokenizer) -> None:
