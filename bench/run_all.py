@@ -10,6 +10,8 @@ Runs, one after the other in this process tree on this machine:
   noop_repro `dvc repro` with nothing to do vs the sum of stage wall times of the last real run
   add_page   generate_qa on all pages but one (cold cache), then with the last page added: the
              second run's time vs the first, beside the new page's share of chunks
+  chat       the chat server: time to first token and tokens/s per answer, 1 vs 4 concurrent
+             streaming clients (bench/bench_chat.py; needs models/student, models/adapter)
 Ratios are what to compare across machines; absolute times are reported beside them. The
 machine (CPU model, cores, bf16 support, load average) is recorded with the results.
 """
@@ -108,6 +110,9 @@ def headline(results: dict) -> list[tuple[str, str, str]]:
         rows.append((f"{name}: batched / one at a time", json.dumps(_speedups(r))[:60], f"{r.get('wall_s', '?')} s"))
     nr = results.get("noop_repro", {})
     rows.append(("no-op dvc repro", f"{nr.get('noop_repro_s', '?')} s", f"{nr.get('stages_run', '?')} stages run"))
+    for lv in results.get("chat", {}).get("levels", []):
+        rows.append((f"chat: {lv['clients']} client(s)", f"TTFT {lv['ttft_median_s']} s",
+                     f"{lv['decode_tok_s_mean']} tok/s per answer, {lv['aggregate_tok_s']} aggregate"))
     ap = results.get("add_page", {})
     rows.append(("add one page: incremental / cold", str(ap.get("incremental_over_cold", "?")),
                  f"new page share {ap.get('new_page_share', '?')}"))
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="metrics/bench.json")
     ap.add_argument("--teacher-dir", default="models/teacher", help="teacher for the teacher/add-page benches")
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test of the harness)")
-    ap.add_argument("--only", default="train,teacher,generate,noop_repro,add_page")
+    ap.add_argument("--only", default="train,teacher,generate,noop_repro,add_page,chat")
     a = ap.parse_args(argv)
     out_dir = Path("bench/out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         results["noop_repro"] = noop_repro()
     if "add_page" in only:
         results["add_page"] = add_page(a.teacher_dir)
+    if "chat" in only:
+        results["chat"] = run_bench("chat", ["--rounds", "1" if q else "3", "--max-tokens", "32" if q else "96"], out_dir)
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     write_json(a.out, results)
     width = max(len(r[0]) for r in headline(results))
