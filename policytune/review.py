@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from policytune import metrics as M
+
 
 def dvc(*args: str, cwd: Path) -> str:
     p = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
@@ -40,13 +42,10 @@ def eval_table(eval_json: Path) -> str:
     rows = ["| metric | base | fine-tuned | delta | 95% CI | verdict |", "|---|---|---|---|---|---|"]
     for name in metrics:
         lo, hi = flat.get(f"delta.{name}.ci_low"), flat.get(f"delta.{name}.ci_high")
-        verdict = "no significant difference"
-        if isinstance(lo, (int, float)) and lo > 0:
-            verdict = "better"
-        elif isinstance(hi, (int, float)) and hi < 0:
-            verdict = "worse"
-        if name in {"ref_ppl", "answer_len"} and verdict != "no significant difference":
-            verdict = {"better": "higher", "worse": "lower"}[verdict]
+        # the evaluate/report stages' own verdict: the metric's good direction (lower perplexity
+        # is better; answer length has none)
+        verdict = (M.verdict(float(lo), float(hi), M.DIRECTION.get(name, 1))
+                   if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else "no data")
         rows.append(f"| {name} | {_fmt(flat.get(f'base.{name}.mean'))} | {_fmt(flat.get(f'finetuned.{name}.mean'))} "
                     f"| {_fmt(flat.get(f'delta.{name}.mean'))} | [{_fmt(lo)}, {_fmt(hi)}] | {verdict} |")
     n = flat.get("n")
