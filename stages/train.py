@@ -8,7 +8,9 @@ Writes  models/adapter/      the BEST LoRA adapter (lowest eval loss, not the la
                              README.md model card, policytune_train.json (base model, data
                              sha256s, params, ``chat_template_sha`` that evaluate must match)
         models/merged/       base + best adapter merged (``merge: true``); else a README only
-        models/checkpoints/  resume state (DVC ``persist``): a killed run resumes, not restarts
+        models/checkpoints/  resume state: a killed run resumes, not restarts (git-ignored and not a
+                             DVC out: scratch state, not an artifact; a checkpoint of other data,
+                             params or base model is ignored)
         metrics/train.json   best_step, best_eval_loss, base_eval_loss, epochs_run, steps,
                              tokens_seen, useful_tokens_per_s, wall_s, stopped_early, ...
         metrics/train_curve/train.json, eval.json   loss per step (DVC plots)

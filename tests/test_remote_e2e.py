@@ -21,12 +21,14 @@ PREFIX = "team/policytune"
 
 
 def tracked_outputs(repo: Path) -> dict[str, str]:
-    """sha256 of every file DVC put under its cache (data/, models/ outputs)."""
+    """sha256 of every file DVC put under its cache (data/, models/ outputs); the train stage's
+    resume scratch (models/checkpoints, git-ignored, not an out) is not an artifact."""
     out = {}
     for top in ("data", "models"):
         for p in sorted((repo / top).rglob("*")):
-            if p.is_file() and ".gitignore" not in p.name:
-                out[str(p.relative_to(repo))] = hashlib.sha256(p.read_bytes()).hexdigest()
+            rel = p.relative_to(repo).as_posix()
+            if p.is_file() and ".gitignore" not in p.name and not rel.startswith("models/checkpoints/"):
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
