@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
+# Stage commands in dvc.yaml say `python -m stages.<name>`: that must be the venv's python.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Offline by default: no hub downloads, no telemetry.
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
