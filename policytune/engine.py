@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
-from policytune.generation import left_pad, pad_cache_left
+from policytune.generation import grow_in_place, left_pad, pad_cache_left
 
 log = logging.getLogger("policytune.engine")
 
@@ -241,6 +241,7 @@ class Engine:
                 a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
             self._attn = torch.cat([_pad_left(self._attn, width - old_w), _pad_left(attn, width - new_w)])
             self._pos = torch.cat([self._pos, pos])
+        grow_in_place(self._cache)
         last = self._last if self._rows else None
         self._rows = self._rows + new
         with self._stats_lock:

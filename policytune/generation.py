@@ -72,6 +72,59 @@ def pad_cache_left(cache, extra: int) -> None:
             setattr(layer, name, torch.cat([z, t], dim=2))
 
 
+def _growing_layer_class():
+    """A transformers ``DynamicLayer`` whose keys/values live in a buffer with spare room along
+    the sequence, so a decode step writes its one new position in place instead of copying the
+    whole cache (``torch.cat``) in every layer at every step. ``keys``/``values`` stay plain
+    tensors (views of the buffer), so everything that reads or replaces them (attention,
+    ``batch_select_indices``, the merging and trimming in :func:`decode_greedy`) works
+    unchanged; a replaced tensor is copied into a fresh buffer at the next update."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        @staticmethod
+        def _room(buf, cur, extra: int):
+            """``buf`` if ``cur`` is its prefix view with ``extra`` free positions after it,
+            else a new buffer (50% spare, at least 64) holding a copy of ``cur``."""
+            if (buf is not None and cur.data_ptr() == buf.data_ptr() and cur.shape[:2] == buf.shape[:2]
+                    and cur.stride() == buf.stride() and cur.shape[2] + extra <= buf.shape[2]):
+                return buf
+            n = cur.shape[2] + extra
+            new = torch.empty((*cur.shape[:2], n + max(64, n // 2), cur.shape[3]), dtype=cur.dtype,
+                              device=cur.device)
+            new[:, :, :cur.shape[2]] = cur
+            return new
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
+                return super().update(key_states, value_states, *args, **kwargs)
+            n, k = self.keys.shape[2], key_states.shape[2]
+            self._kbuf = self._room(getattr(self, "_kbuf", None), self.keys, k)
+            self._vbuf = self._room(getattr(self, "_vbuf", None), self.values, k)
+            self._kbuf[:, :, n:n + k] = key_states
+            self._vbuf[:, :, n:n + k] = value_states
+            self.keys, self.values = self._kbuf[:, :, :n + k], self._vbuf[:, :, :n + k]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+_GROWING = None
+
+
+def grow_in_place(cache) -> None:
+    """Switch every plain ``DynamicLayer`` of a ``DynamicCache`` to in-place growth (see
+    :func:`_growing_layer_class`); sliding-window and other layer kinds are left as they are."""
+    global _GROWING
+    from transformers.cache_utils import DynamicLayer
+
+    _GROWING = _GROWING or _growing_layer_class()
+    for layer in getattr(cache, "layers", []):
+        if type(layer) is DynamicLayer:
+            layer.__class__ = _GROWING
+
+
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest prefix every sequence shares (at most the shortest length - 1, so
     every sequence keeps at least one token of its own to produce its first logits)."""
@@ -186,6 +239,7 @@ def decode_greedy(model, ids: Sequence[list[int]], stops: set[int] | Sequence[in
                     z = lambda a, k: torch.cat([torch.zeros((a.shape[0], k), dtype=a.dtype, device=device), a], 1)  # noqa: E731
                     attn = torch.cat([z(attn, width - t_old), z(n_attn, width - t_new)], 0)
                     pos, last = torch.cat([pos, n_pos]), torch.cat([last, n_last])
+                grow_in_place(cache)
                 rows += new
                 toks += [[int(t)] for t in n_last.tolist()]
                 finish([r for r in range(len(rows)) if toks[r][-1] not in stops and len(toks[r]) < max_new_tokens])

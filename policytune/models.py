@@ -339,7 +339,51 @@ def load_causal_lm(path: str | Path, dtype="auto", device: str | None = None):
     saved = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=resolve_dtype(dtype, saved, device), local_files_only=True)
+    use_gqa_attention(model)
     return model.to(device).eval()
+
+
+GQA_SDPA = "policytune_sdpa"
+
+
+def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+              is_causal=None, **kwargs):
+    """transformers' "sdpa" attention, except that grouped-query attention with a padding mask
+    runs in torch's kernel with ``enable_gqa=True``. Stock transformers only does that without a
+    mask; with one (every padded batch: batched generation, training) it first copies each
+    key/value head once per query head (``repeat_kv``), for every layer at every decode step.
+    Same outputs (exactly, tests/test_attention_cache.py); measured on a 2-core AVX2 CPU, the
+    attention of a decode step is 5x faster for SmolLM2 (9 query / 3 key-value heads, batch 30)
+    and 20x for Qwen2.5-0.5B (14 / 2 heads, batch 16, 600 cached tokens)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (groups <= 1 or attention_mask is None or kwargs.get("position_bias") is not None
+            or kwargs.get("output_attentions")):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+        is_causal=False, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_gqa_attention(model) -> bool:
+    """Switch a model that uses transformers' "sdpa" attention to :func:`_sdpa_gqa` (its masks
+    are sdpa's); returns whether it switched. Other implementations are left alone."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(GQA_SDPA, _sdpa_gqa)
+    AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
+    try:
+        model.set_attn_implementation(GQA_SDPA)
+    except (ValueError, AttributeError):  # a model class that cannot switch keeps stock sdpa
+        return False
+    return getattr(model.config, "_attn_implementation", None) == GQA_SDPA
 
 
 QUANTIZE = ("none", "int8", "auto")
