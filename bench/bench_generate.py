@@ -8,7 +8,7 @@ static batches (``model.generate`` on length-sorted left-padded batches) and con
 Throughput counts useful tokens only: generated tokens up to and including each answer's stop
 token, never padding or the tokens a finished row idles through while its batch runs on.
 
-    python bench/bench_generate.py results.json                      # models/student, 16 questions
+    python bench/bench_generate.py results.json                      # models/student, 30 questions
     python bench/bench_generate.py out.json --model /path/to/model --n 16 --batch-sizes 8,16
 
 Questions: data/split/test.jsonl when present, else the repository's data/sample_faq.jsonl.
@@ -60,8 +60,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", help="JSON results path")
     ap.add_argument("--model", default="models/student", help="model folder (default models/student)")
-    ap.add_argument("--n", type=int, default=16, help="questions (default 16)")
-    ap.add_argument("--batch-sizes", default="16", help="comma-separated batch sizes to compare with 1")
+    ap.add_argument("--n", type=int, default=30, help="questions (default 30: the sample FAQ test set)")
+    ap.add_argument("--batch-sizes", default="16,32", help="comma-separated batch sizes to compare with 1")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 (auto: bf16 only where native)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default; on a busy "

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "--batch-sizes", "1,4" if q else "1,8,16",
                                                    "--single-n", "2" if q else "4"], out_dir)
     if "generate" in only:
-        results["generate"] = run_bench("generate", ["--n", "8" if q else "16", "--batch-sizes", "8" if q else "16"], out_dir)
+        results["generate"] = run_bench("generate", ["--n", "8" if q else "30", "--batch-sizes", "8" if q else "16,32"], out_dir)
     if "noop_repro" in only:
         results["noop_repro"] = noop_repro()
     if "add_page" in only:

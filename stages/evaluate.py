@@ -102,7 +102,7 @@ class EvaluateConfig:
     adapter_dir: str = field(default="models/adapter", metadata={"help": "LoRA adapter folder of the train stage"})
     encoder_dir: str = field(default="models/encoder", metadata={"help": "sentence-transformers folder"})
     max_new_tokens: int = field(default=128, metadata={"help": "generation limit per answer"})
-    batch_size: int = field(default=16, metadata={"help": "questions decoded together (length-sorted, left-padded)"})
+    batch_size: int = field(default=32, metadata={"help": "questions decoded together (continuous batching; 32: the whole 30-question FAQ at once)"})
     batching: str = field(default="continuous", metadata={
         "help": "continuous: a finished answer leaves the batch and a waiting question joins (greedy only); "
                 "static: model.generate on fixed batches (also used whenever sampling is on)"})

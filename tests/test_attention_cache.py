@@ -2,9 +2,10 @@
 key/value heads when a padding mask is present (policytune.models._sdpa_gqa), and a KV cache
 that grows in place (policytune.generation.grow_in_place). Both must change no output.
 
-The model is a random 2-layer Llama with 4 query heads sharing 2 key/value heads, built from
-a config in the test (no download), saved and loaded through policytune.models.load_causal_lm
-the way every stage loads its models.
+The models are random 2-layer Llamas whose query heads share key/value heads in groups of 2
+(SmolLM2 has 3: enable_gqa everywhere) and of 4 (Qwen2.5 has 6-7: decode steps fold the group
+into the query length), built from a config in the test (no download), saved and loaded
+through policytune.models.load_causal_lm the way every stage loads its models.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from policytune import generation as G
 from policytune import models
 
 
-@pytest.fixture(scope="module")
-def gqa_dir(tmp_path_factory):
+@pytest.fixture(scope="module", params=[4, 8], ids=["groups2", "groups4"])
+def gqa_dir(request, tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      num_attention_heads=request.param, num_key_value_heads=2, max_position_embeddings=256,
                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
     out = tmp_path_factory.mktemp("gqa")
     LlamaForCausalLM(cfg).save_pretrained(out)
@@ -45,9 +46,7 @@ def padded_batch():
 
 def test_loaded_models_use_gqa_attention_with_same_outputs_and_grads(lm, gqa_dir):
     assert lm.config._attn_implementation == models.GQA_SDPA
-    stock = models.load_causal_lm(gqa_dir, dtype="float32", device="cpu")
-    stock.set_attn_implementation("sdpa")
-    assert stock.config._attn_implementation == "sdpa"
+    stock = stock_sdpa(gqa_dir)
     ids, mask = padded_batch()
     outs = []
     for m in (lm, stock):
@@ -99,12 +98,22 @@ def test_growing_cache_writes_in_place_and_survives_replacement(lm):
         assert layer.keys.shape[2] == n + 2
 
 
-def test_decode_greedy_matches_generate_alone_on_a_gqa_model(lm):
+def stock_sdpa(gqa_dir):
+    m = models.load_causal_lm(gqa_dir, dtype="float32", device="cpu")
+    m.set_attn_implementation("sdpa")
+    assert m.config._attn_implementation == "sdpa"
+    return m
+
+
+def test_decode_greedy_matches_stock_generate_alone_on_a_gqa_model(lm, gqa_dir):
+    """decode_greedy (fast attention, growing cache, continuous batching) gives the tokens of
+    stock transformers (repeat_kv attention, torch.cat cache) generating each prompt alone."""
+    stock = stock_sdpa(gqa_dir)
     torch.manual_seed(2)
     prompts = [torch.randint(3, 97, (n,)).tolist() for n in (5, 17, 9, 30, 3, 12, 21)]
     alone = []
     for p in prompts:
-        out = lm.generate(input_ids=torch.tensor([p]), max_new_tokens=70, do_sample=False,
+        out = stock.generate(input_ids=torch.tensor([p]), max_new_tokens=70, do_sample=False,
                           eos_token_id=None, pad_token_id=0)
         alone.append(out[0, len(p):].tolist())
     # 70 new tokens: every row's buffer outgrows its first 64 spare positions at least once
