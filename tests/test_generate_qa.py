@@ -16,7 +16,6 @@ from policytune.llm import Backend, Completion, LocalBackend
 from policytune.records import read_json, read_jsonl, write_jsonl
 from stages.generate_qa import (DEFAULT_PREFILL, GenerateQAConfig, QACache, build_messages, check_pair,
                                 evaluate_attempt, generate, near_duplicates, parse_output, token_overlap)
-from test_llm import tiny_model_dir  # noqa: F401  (session fixture: the tiny random Llama)
 
 AI_ACT = ("The AI Act prohibits social scoring by public authorities. Providers of high-risk AI systems "
           "must keep technical documentation for ten years after the system is placed on the market. "

