@@ -52,6 +52,26 @@ def eval_table(eval_json: Path) -> str:
     return "\n".join(rows) + (f"\n\nn = {n} test questions\n" if n is not None else "\n")
 
 
+def headline_metric(name: str) -> bool:
+    """Rows a reviewer reads first: the fine-tuning deltas, the best eval loss, failure counts."""
+    return (name.startswith("delta.") and name.endswith(".mean")) or name == "best_eval_loss" or "fail" in name
+
+
+def split_metrics_diff(md: str) -> str:
+    """``dvc metrics diff --md`` as the headline rows, then every row in a collapsed
+    ``<details>`` block (the full diff of a default run is 100+ rows)."""
+    lines = [line for line in md.strip().splitlines() if line.strip()]
+    if len(lines) < 3:
+        return md.strip() or "_no metric changed_"
+    header, rule, rows = lines[0], lines[1], lines[2:]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    at = cols.index("Metric") if "Metric" in cols else 1
+    top = [r for r in rows if len(r.strip("|").split("|")) > at and headline_metric(r.strip("|").split("|")[at].strip())]
+    head = "\n".join([header, rule, *top]) if top else "_no headline metric changed_"
+    return (f"{head}\n\n<details><summary>All {len(rows)} changed metrics</summary>\n\n"
+            + "\n".join([header, rule, *rows]) + "\n\n</details>\n")
+
+
 def _flatten(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -114,7 +134,7 @@ def build(base: str, cwd: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"## policytune: this branch vs `{base}`\n"]
     parts.append("### Metrics (`dvc metrics diff`)\n")
-    parts.append(dvc("metrics", "diff", "--md", base, cwd=cwd).strip() or "_no metric changed_")
+    parts.append(split_metrics_diff(dvc("metrics", "diff", "--md", base, cwd=cwd)))
     parts.append("\n### Base vs fine-tuned on this branch\n")
     parts.append(eval_table(cwd / "metrics" / "eval.json"))
     parts.append("### Params (`dvc params diff`)\n")

@@ -25,3 +25,22 @@ def test_eval_table_verdicts_follow_metric_direction(tmp_path):
                     "ref_ppl": "better"}
     assert "n = 30 test questions" in eval_table(path)
     assert "not found" in eval_table(tmp_path / "missing.json")
+
+
+def test_metrics_diff_headline_rows_first_full_table_collapsed():
+    from policytune.review import split_metrics_diff
+
+    md = """| Path | Metric | main | workspace | Change |
+|------|--------|------|-----------|--------|
+| metrics/train.json | best_eval_loss | 2.99 | 2.98 | -0.01 |
+| metrics/eval.json | delta.ref_ppl.mean | -3.8 | -3.6 | 0.2 |
+| metrics/eval.json | delta.ref_ppl.ci_low | -5.2 | -5.0 | 0.2 |
+| metrics/judge.json | judge_failures | 0 | 1 | 1 |
+| metrics/data.json | chunks_sent | 112 | 113 | 1 |
+"""
+    out = split_metrics_diff(md)
+    head, details = out.split("<details>")
+    assert "best_eval_loss" in head and "delta.ref_ppl.mean" in head and "judge_failures" in head
+    assert "ci_low" not in head and "chunks_sent" not in head
+    assert "All 5 changed metrics" in details and "ci_low" in details and "chunks_sent" in details
+    assert split_metrics_diff("") == "_no metric changed_"
