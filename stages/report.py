@@ -564,7 +564,9 @@ def build_report(inp: Inputs, cfg: ReportConfig, assets_dir: Optional[Path] = No
         if inp.judge_stats:
             js = inp.judge_stats
             judge_id = js.get("judge", {})
-            doc.p(f"Judge: {judge_id.get('backend', '?')} {judge_id.get('model', '?')} ({judge_id.get('scoring', '?')} "
+            backend, model = judge_id.get("backend", "?"), str(judge_id.get("model", "?"))
+            who = model if model.startswith(f"{backend}:") else f"{backend} {model}"  # not "local local:models/judge"
+            doc.p(f"Judge: {who} ({judge_id.get('scoring', '?')} "
                   f"scoring); wall time {fmt(js.get('seconds'))} s, {fmt(js.get('s_per_judgement'))} s per judgement.")
 
     # ---- plots
