@@ -227,6 +227,11 @@ def parse_output(text: str, finish_reason: str = "stop") -> Parsed:
 # --------------------------------------------------------------------------------------------
 # Per-pair checks
 
+# A question about the source instead of its subject ("What is the main subject of the
+# document?", "What is the second fact?"): unanswerable for a user, who has no document.
+_VAGUE_RE = re.compile(r"\b(?:the|this|that)\s+(?:document|passage|chunk|excerpt|paragraph)\b"
+                       r"|\b(?:first|second|third|fourth|last|other|next|previous|this|that|the)\s+facts?\b"
+                       r"|\bmain\s+(?:subject|topic|idea)\b", re.I)
 _INJECTION_RE = re.compile(
     r"ignore\s+(all\s+|any\s+|the\s+)*(previous|prior|above|earlier|preceding)\s+(instructions|prompts?|messages?|rules)"
     r"|disregard\s+(all\s+|the\s+)*(previous|prior|above|earlier)"
@@ -290,6 +295,8 @@ def check_pair(item: Any, chunk_text: str, cfg: GenerateQAConfig) -> tuple[dict 
         return None, "prompt_injection_echo", "pair repeats instruction-like text"
     if not q.endswith("?"):
         return None, "not_a_question", "question does not end with '?'"
+    if _VAGUE_RE.search(q):
+        return None, "vague_question", "question is about the source text, not about a subject a user would ask"
     qw, aw = len(q.split()), len(a.split())
     if qw < cfg.min_question_words:
         return None, "too_short", f"question has {qw} words (< {cfg.min_question_words})"
