@@ -5,7 +5,7 @@ then the generate_qa gates (valid JSON, acceptance by reason) on the batched out
     python bench/bench_teacher.py out.json --batch-sizes 1,8,16 --single-n 4 --n 16
 
 Chunks come from data/chunks.jsonl when it exists, else are cut (~180 words, by paragraph) from
-the HTML pages in data/sample_site. The model is loaded once and shared by every batch size;
+the HTML pages in data/sample_site; like generate_qa, chunks under min_chunk_words are skipped. The model is loaded once and shared by every batch size;
 every mode generates greedily from the same prompts, so the texts must agree (checked). The
 one-at-a-time baseline runs on the first --single-n prompts (a rate, so a subset is enough; the
 whole set one at a time would take the better part of an hour on a 2-core CPU).
@@ -127,7 +127,8 @@ def main() -> int:
 
     src = Path(args.chunks)
     chunks = read_jsonl(src) if src.exists() else chunks_from_site(Path(args.site))
-    chunks = pick(chunks, args.n)
+    # only chunks generate_qa sends to the teacher (a page's short title/intro chunks are skipped)
+    chunks = pick([c for c in chunks if len(str(c.get("text", "")).split()) >= GenerateQAConfig().min_chunk_words], args.n)
     cfg = GenerateQAConfig(model_dir=args.model_dir, encoder_dir=args.encoder_dir, dtype=args.dtype, quantize=args.quantize,
                            max_new_tokens=args.max_new_tokens, max_retries=args.max_retries,
                            batch_size=max(int(b) for b in args.batch_sizes.split(",")))
