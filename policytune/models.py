@@ -339,7 +339,8 @@ def load_causal_lm(path: str | Path, dtype="auto", device: str | None = None):
     saved = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=resolve_dtype(dtype, saved, device), local_files_only=True)
-    use_gqa_attention(model)
+    if str(device).startswith("cpu"):  # on CUDA, enable_gqa with a mask falls back to the slow math kernel
+        use_gqa_attention(model)
     return model.to(device).eval()
 
 
@@ -382,7 +383,8 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, s
 
 def use_gqa_attention(model) -> bool:
     """Switch a model that uses transformers' "sdpa" attention to :func:`_sdpa_gqa` (its masks
-    are sdpa's); returns whether it switched. Other implementations are left alone."""
+    are sdpa's); returns whether it switched. Other implementations are left alone. For CPU
+    models only (measured there; on CUDA torch runs enable_gqa with a mask in its math kernel)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
