@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
-from policytune.generation import grow_in_place, left_pad, pad_cache_left
+from policytune.generation import grow_in_place, left_pad, merge_batches
 
 log = logging.getLogger("policytune.engine")
 
@@ -233,13 +233,7 @@ class Engine:
         if not self._rows:
             self._cache, self._attn, self._pos = out.past_key_values, attn, pos
         else:  # left-pad the narrower of the two caches, then stack the new rows under the old ones
-            old_w, new_w = self._attn.shape[1], attn.shape[1]
-            width = max(old_w, new_w)
-            pad_cache_left(self._cache, width - old_w)
-            pad_cache_left(out.past_key_values, width - new_w)
-            for a, b in zip(self._cache.layers, out.past_key_values.layers):
-                a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
-            self._attn = torch.cat([_pad_left(self._attn, width - old_w), _pad_left(attn, width - new_w)])
+            self._attn = merge_batches(self._cache, self._attn, out.past_key_values, attn)
             self._pos = torch.cat([self._pos, pos])
         grow_in_place(self._cache)
         last = self._last if self._rows else None
@@ -330,13 +324,3 @@ class Engine:
                 self._finish(self._waiting.get_nowait(), "error", error)
             except queue.Empty:
                 return
-
-
-def _pad_left(t, n: int):
-    """``n`` zero (padding) columns in front of a (rows, cols) attention mask."""
-    import torch
-
-    if n <= 0:
-        return t
-    return torch.cat([torch.zeros((t.shape[0], n), dtype=t.dtype, device=t.device), t], 1)
-

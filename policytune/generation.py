@@ -72,6 +72,25 @@ def pad_cache_left(cache, extra: int) -> None:
             setattr(layer, name, torch.cat([z, t], dim=2))
 
 
+def merge_batches(cache, attn, new_cache, new_attn):
+    """Stack a freshly prefilled batch (``new_cache``, mask ``new_attn``) under a running one:
+    the narrower cache and mask are left-padded (masked) to a common width. Modifies ``cache``
+    in place (in-place growth switched on) and returns the merged mask."""
+    import torch
+
+    t_old, t_new = attn.shape[1], new_attn.shape[1]
+    width = max(t_old, t_new)
+    pad_cache_left(cache, width - t_old)
+    pad_cache_left(new_cache, width - t_new)
+    for a, b in zip(cache.layers, new_cache.layers):
+        a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
+    grow_in_place(cache)
+
+    def pad(m, k):
+        return torch.cat([torch.zeros((m.shape[0], k), dtype=m.dtype, device=m.device), m], 1)
+    return torch.cat([pad(attn, width - t_old), pad(new_attn, width - t_new)], 0)
+
+
 def _growing_layer_class():
     """A transformers ``DynamicLayer`` whose keys/values live in a buffer with spare room along
     the sequence, so a decode step writes its one new position in place instead of copying the
@@ -229,15 +248,7 @@ def decode_greedy(model, ids: Sequence[list[int]], stops: set[int] | Sequence[in
                 if cache is None:
                     cache, attn, pos, last = n_cache, n_attn, n_pos, n_last
                 else:  # merge: left-pad the shorter cache, stack along the batch
-                    t_old, t_new = attn.shape[1], n_attn.shape[1]
-                    width = max(t_old, t_new)
-                    pad_cache_left(cache, width - t_old)
-                    pad_cache_left(n_cache, width - t_new)
-                    for la, lb in zip(cache.layers, n_cache.layers):
-                        la.keys = torch.cat([la.keys, lb.keys], 0)
-                        la.values = torch.cat([la.values, lb.values], 0)
-                    z = lambda a, k: torch.cat([torch.zeros((a.shape[0], k), dtype=a.dtype, device=device), a], 1)  # noqa: E731
-                    attn = torch.cat([z(attn, width - t_old), z(n_attn, width - t_new)], 0)
+                    attn = merge_batches(cache, attn, n_cache, n_attn)
                     pos, last = torch.cat([pos, n_pos]), torch.cat([last, n_last])
                 grow_in_place(cache)
                 rows += new

