@@ -31,7 +31,9 @@ from pathlib import Path
 
 import yaml
 
+from policytune.params import load_section
 from policytune.records import read_jsonl, write_json, write_jsonl
+from stages.generate_qa import GenerateQAConfig
 
 PY = sys.executable
 
@@ -91,11 +93,27 @@ def add_page(teacher_dir: str) -> dict:
             return secs
 
         cold, incr = gen("before.jsonl"), gen("after.jsonl")
-        stats = json.loads((tmp / "stats_after.jsonl").read_text())
-    share = sum(c["doc_id"] == new_doc for c in chunks) / len(chunks)
-    return {"teacher": teacher_dir, "chunks": len(chunks), "new_page_chunks": sum(c["doc_id"] == new_doc for c in chunks),
-            "new_page_share": round(share, 4), "cold_s": round(cold, 1), "incremental_s": round(incr, 1),
-            "incremental_over_cold": round(incr / cold, 4), "cache_hits": stats.get("cache_hits")}
+        runs = {name: json.loads((tmp / f"stats_{name}.jsonl").read_text()) for name in ("before", "after")}
+        min_words = load_section(GenerateQAConfig, "generate_qa", tmp / "params.yaml").min_chunk_words
+
+    def sent(cs: list[dict]) -> int:  # chunks long enough for generate_qa to send to the teacher
+        return sum(len(str(c.get("text", "")).split()) >= min_words for c in cs)
+
+    new_chunks = [c for c in chunks if c["doc_id"] == new_doc]
+    keys = ("chunks_sent_to_model", "cache_hits", "teacher_tokens_generated", "teacher_seconds", "wall_s")
+    return {"teacher": teacher_dir, "chunks": len(chunks), "new_page_chunks": len(new_chunks),
+            "new_page_share": round(len(new_chunks) / len(chunks), 4),
+            # the share of the teacher's work: chunks long enough to be sent
+            "new_page_share_of_sent_chunks": round(sent(new_chunks) / max(1, sent(chunks)), 4),
+            "cold_s": round(cold, 1), "incremental_s": round(incr, 1),
+            "incremental_over_cold": round(incr / cold, 4), "cache_hits": runs["after"].get("cache_hits"),
+            # per run: the stage's own counts; process time minus wall_s is start-up (imports, params)
+            # and writing the outputs, teacher_seconds the model's generation time
+            "cold_stats": {k: runs["before"].get(k) for k in keys},
+            "incremental_stats": {k: runs["after"].get(k) for k in keys},
+            "teacher_seconds_incremental_over_cold": round(
+                runs["after"]["teacher_seconds"] / runs["before"]["teacher_seconds"], 4)
+            if runs["before"].get("teacher_seconds") else None}
 
 
 def headline(results: dict) -> list[tuple[str, str, str]]:
