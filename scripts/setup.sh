@@ -13,6 +13,8 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 #    (non-Latin PDF rendering), Chromium (report/page checks). Installed only when root and
 #    missing; otherwise we say what is absent and the stages that need it fail clearly.
 apt_pkgs=(apertium apertium-eng-spa wordnet-base wordnet-sense-index fonts-noto-cjk fonts-dejavu-core chromium)
+# Debian's own python3.11 makes virtual environments only with python3.11-venv (ensurepip).
+"$PY" -c "import ensurepip" >/dev/null 2>&1 || apt_pkgs+=("python3-venv")
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
