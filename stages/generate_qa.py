@@ -297,6 +297,11 @@ def check_pair(item: Any, chunk_text: str, cfg: GenerateQAConfig) -> tuple[dict 
         return None, "not_a_question", "question does not end with '?'"
     if _VAGUE_RE.search(q):
         return None, "vague_question", "question is about the source text, not about a subject a user would ask"
+    a_words = content_words(a)
+    if a_words and a_words <= content_words(q) and not re.search(r"\bor\b", q, re.I):
+        # "What is the name of the procurement policy?" -> "Procurement Policy": teaches nothing
+        # (a choice question, "... A or B?", may answer with its own words)
+        return None, "answer_in_question", "every content word of the answer is already in the question"
     qw, aw = len(q.split()), len(a.split())
     if qw < cfg.min_question_words:
         return None, "too_short", f"question has {qw} words (< {cfg.min_question_words})"
