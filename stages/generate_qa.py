@@ -246,6 +246,9 @@ what which who whom whose when where why how than then also if so such any all e
 about under over per via out up than too very more most some only same both either neither
 """.split())
 
+# "The X Policy is called the X Policy.": naming words add nothing to an answer that repeats its question
+_NAMING_WORDS = frozenset({"called", "named", "name", "titled", "known"})
+
 _WORD_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 
 
@@ -297,7 +300,7 @@ def check_pair(item: Any, chunk_text: str, cfg: GenerateQAConfig) -> tuple[dict 
         return None, "not_a_question", "question does not end with '?'"
     if _VAGUE_RE.search(q):
         return None, "vague_question", "question is about the source text, not about a subject a user would ask"
-    a_words = content_words(a)
+    a_words = content_words(a) - _NAMING_WORDS
     if a_words and a_words <= content_words(q) and not re.search(r"\bor\b", q, re.I):
         # "What is the name of the procurement policy?" -> "Procurement Policy": teaches nothing
         # (a choice question, "... A or B?", may answer with its own words)

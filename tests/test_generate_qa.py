@@ -186,6 +186,7 @@ def test_questions_about_the_source_not_a_subject_are_rejected(question, vague):
     ("What is the name of the policy about procurement?", "Procurement Policy", True),
     ("What is the name of the AI Acceptable Use Policy?", "AI Acceptable Use Policy.", True),
     ("Which policy covers travel and expenses?", "The Travel and Expenses Policy", True),
+    ("What is the name of the AI Acceptable Use Policy?", "It is called the AI Acceptable Use Policy.", True),
     ("Who approves annual leave, the line manager or People Services?", "The line manager", False),
     ("Who approves annual leave requests?", "The line manager", False),
     ("How many weeks of second parent leave are paid?", "Six weeks", False),
