@@ -13,7 +13,7 @@ Pipeline per chunk: prompt (the chunk is DATA between <document> tags; instructi
 not change the output contract) -> teacher (batched; reply pre-started with ``prefill``) ->
 parse (strip prose and code fences, salvage the complete pairs of a cut-off list) -> schema
 checks -> retry outputs with no valid pair (seeded sampling) up to ``max_retries`` -> grounding
-(answer content words found in the chunk, and answer/chunk embedding cosine) -> de-duplication
+(answer content words found in the chunk, and question+answer/chunk embedding cosine) -> de-duplication
 of questions across the corpus (exact after normalisation, then near by embedding cosine).
 
 Cache: one JSON file per (backend, model hash, prompt hash, generation params, chunk hash)
@@ -67,8 +67,9 @@ class GenerateQAConfig:
     min_chunk_words: int = field(default=30, metadata={"help": "chunks with fewer words are skipped (counted)"})
     min_answer_overlap: float = field(default=0.5, metadata={
         "help": "grounding: share of the answer's content words found in the chunk (0 disables)"})
-    min_answer_cosine: float = field(default=0.3, metadata={
-        "help": "grounding: encoder cosine(answer, chunk) (0 disables)"})
+    min_pair_cosine: float = field(default=0.3, metadata={
+        "help": "grounding: encoder cosine of the pair (question + answer) with its chunk (0 disables); "
+                "not of the bare answer, whose cosine with any chunk is low when it is short ('CL-12', '30 days')"})
     dedupe_cosine: float = field(default=0.9, metadata={
         "help": "questions at or above this encoder cosine to an earlier kept question are near-duplicates"})
     encoder_dir: str = field(default="models/encoder", metadata={"help": "sentence-transformers folder"})
@@ -539,24 +540,25 @@ def generate(chunks: list[dict], cfg: GenerateQAConfig, backend: Backend, cache:
                 candidates += [(c, p) for p in pairs]
         stats["cached_tokens"] += sum(a.get("n_tokens", 0) for a in atts)
 
-    # 4. Grounding: the answer's content words are in the chunk, and the encoder agrees.
+    # 4. Grounding: the answer's content words are in the chunk, and the encoder finds the pair
+    #    (question + answer: a bare "30 days" is too short to compare) on the chunk's topic.
     accepted: list[tuple[dict, dict, dict]] = []
     if candidates:
         import numpy as np
 
         if embed is None:
             embed = load_embedder(cfg.encoder_dir)
-        answers = embed([p["answer"] for _, p in candidates])
+        pair_emb = embed([f'{p["question"]} {p["answer"]}' for _, p in candidates])
         uniq_chunks = list({id(c): c for c, _ in candidates}.values())
         chunk_emb = embed([c["text"] for c in uniq_chunks])
         chunk_index = {id(c): i for i, c in enumerate(uniq_chunks)}
         for i, (c, p) in enumerate(candidates):
             overlap = token_overlap(p["answer"], c["text"])
-            cos = float(np.dot(answers[i], chunk_emb[chunk_index[id(c)]]))
-            scores = {"overlap": round(overlap, 3), "cosine": round(cos, 3)}
-            if overlap < cfg.min_answer_overlap or cos < cfg.min_answer_cosine:
+            cos = float(np.dot(pair_emb[i], chunk_emb[chunk_index[id(c)]]))
+            scores = {"overlap": round(overlap, 3), "pair_cosine": round(cos, 3)}
+            if overlap < cfg.min_answer_overlap or cos < cfg.min_pair_cosine:
                 detail = ("overlap" if overlap < cfg.min_answer_overlap else "") + (
-                    "+cosine" if cos < cfg.min_answer_cosine else "")
+                    "+pair_cosine" if cos < cfg.min_pair_cosine else "")
                 rejected.append({"kind": "pair", "reason": "not_grounded", "detail": detail.strip("+"),
                                  "retried": False, **p, "scores": scores, **_lineage(c), "teacher": teacher})
             else:

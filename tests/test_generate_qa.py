@@ -100,7 +100,7 @@ def fake_embed(texts):
 
 
 def cfg(**kw) -> GenerateQAConfig:
-    base = dict(batch_size=2, min_chunk_words=10, min_answer_cosine=0.0, dedupe_cosine=0.95)
+    base = dict(batch_size=2, min_chunk_words=10, min_pair_cosine=0.0, dedupe_cosine=0.95)
     base.update(kw)
     return GenerateQAConfig(**base)
 
@@ -245,12 +245,27 @@ def test_grounding_rejects_answers_the_chunk_does_not_support(tmp_path):
 
 
 def test_grounding_with_the_real_encoder(encoder_embed, tmp_path):
-    c = cfg(min_answer_overlap=0.0, min_answer_cosine=0.3)
+    c = cfg(min_answer_overlap=0.0, min_pair_cosine=0.3)
     bad = pairs_json(("How long is parental leave under the leave policy?", "Sixteen weeks of paid parental leave."),
                      ("What does the policy say about quantum computing?", "Qubits decohere at room temperature."))
     res = generate([chunk("l1", LEAVE)], c, ScriptedBackend(lambda d, t: bad), QACache(tmp_path / "c"), embed=encoder_embed)
     assert [r["answer"] for r in res.qa] == ["Sixteen weeks of paid parental leave."]
     assert res.stats["rejected_by_reason"] == {"not_grounded": 1}
+
+
+OPT_OUT = ("Patients may object to the use of their records for research and AI development using form CL-12, "
+           "as explained in the notice for patients. The opt-out register is applied to every new extract, and an "
+           "objection is honoured within 30 days of being received.")
+
+
+def test_short_factual_answers_pass_the_pair_cosine(encoder_embed, tmp_path):
+    """A bare 'CL-12' is far from any chunk in embedding space; the pair is not."""
+    q, a = "Which form do patients use to object to research use of their records?", "CL-12"
+    bare, pair, text = encoder_embed([a, f"{q} {a}", OPT_OUT])
+    assert float(bare @ text) < 0.3 <= float(pair @ text)
+    res = generate([chunk("o1", OPT_OUT)], cfg(min_answer_overlap=0.0, min_pair_cosine=0.3),
+                   ScriptedBackend(lambda d, t: pairs_json((q, a))), QACache(tmp_path / "c"), embed=encoder_embed)
+    assert [r["answer"] for r in res.qa] == ["CL-12"] and res.qa[0]["grounding"]["pair_cosine"] >= 0.3
 
 
 def test_near_duplicates_hand_vectors():
@@ -268,7 +283,7 @@ def test_dedupe_exact_and_near_across_the_corpus(encoder_embed, tmp_path):
                    ("When must parental leave requests reach the HR team?", "At least four weeks before the leave starts."))
     replies = {"ALPHA": a, "BETA": b}
     chunks = [chunk("l1", "Part ALPHA. " + LEAVE), chunk("l2", "Part BETA. " + LEAVE)]
-    res = generate(chunks, cfg(dedupe_cosine=0.9, min_answer_cosine=0.2, max_retries=0),
+    res = generate(chunks, cfg(dedupe_cosine=0.9, min_pair_cosine=0.2, max_retries=0),
                    ScriptedBackend(lambda d, t: replies["ALPHA" if "ALPHA" in d else "BETA"]), QACache(tmp_path / "c"),
                    embed=encoder_embed)
     kept = [r["question"] for r in res.qa]
