@@ -134,7 +134,9 @@ def headline(results: dict) -> list[tuple[str, str, str]]:
                      f"{lv['decode_tok_s_mean']} tok/s per answer, {lv['aggregate_tok_s']} aggregate"))
     ap = results.get("add_page", {})
     rows.append(("add one page: incremental / cold", str(ap.get("incremental_over_cold", "?")),
-                 f"new page share {ap.get('new_page_share', '?')}"))
+                 f"new page share {ap.get('new_page_share', '?')} of chunks, "
+                 f"{ap.get('new_page_share_of_sent_chunks', '?')} of those sent; teacher time "
+                 f"{ap.get('teacher_seconds_incremental_over_cold', '?')}"))
     return rows
 
 
