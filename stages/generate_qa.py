@@ -230,9 +230,13 @@ def parse_output(text: str, finish_reason: str = "stop") -> Parsed:
 
 # A question about the source instead of its subject ("What is the main subject of the
 # document?", "What is the second fact?"): unanswerable for a user, who has no document.
+# So is one about a policy or tool it does not name ("What is the purpose of this policy?",
+# "What is the name of the tool?", "... mentioned in the table?").
 _VAGUE_RE = re.compile(r"\b(?:the|this|that)\s+(?:document|passage|chunk|excerpt|paragraph)\b"
                        r"|\b(?:first|second|third|fourth|last|other|next|previous|this|that|the)\s+facts?\b"
-                       r"|\bmain\s+(?:subject|topic|idea)\b", re.I)
+                       r"|\bmain\s+(?:subject|topic|idea)\b"
+                       r"|\bthis\s+(?:policy|guidelines?|standard|tool|form|table|section|page|rule|procedure)\b"
+                       r"|\bthe\s+(?:policy|tool|table|section|form)(?:['’]s\b|\s*\?)", re.I)
 _INJECTION_RE = re.compile(
     r"ignore\s+(all\s+|any\s+|the\s+)*(previous|prior|above|earlier|preceding)\s+(instructions|prompts?|messages?|rules)"
     r"|disregard\s+(all\s+|the\s+)*(previous|prior|above|earlier)"

@@ -175,6 +175,12 @@ def test_answer_copying_the_chunk_is_rejected():
     ("How many weeks of second parent leave are paid in full?", False),
     ("Who approves a documented access request to patient records?", False),  # 'documented' is not 'document'
     ("What must the text of an AI transparency notice contain?", False),  # a subject, not the source
+    ("What is the purpose of this policy?", True),
+    ("What is the policy's scope?", True),
+    ("What is the name of the tool?", True),
+    ("What are the examples of data classes mentioned in the table?", True),
+    ("What does the leave policy say about carry-over?", False),
+    ("Which tool screens retinal photographs for diabetic retinopathy?", False),
 ])
 def test_questions_about_the_source_not_a_subject_are_rejected(question, vague):
     c = GenerateQAConfig()
