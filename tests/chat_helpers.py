@@ -12,6 +12,8 @@ import base64
 import http.client
 import json
 import os
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -113,15 +115,17 @@ class Chromium:
     """
 
     def __init__(self, exe: str = "/usr/bin/chromium", window: tuple[int, int] = (1280, 900)):
-        self.profile = tempfile.TemporaryDirectory(prefix="policytune-chromium-")
+        self.profile = tempfile.mkdtemp(prefix="policytune-chromium-")
         cmd_r, self._cmd_w = os.pipe()
         self._evt_r, evt_w = os.pipe()
         args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={self.profile.name}",
+                "--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={self.profile}",
                 f"--window-size={window[0]},{window[1]}", "about:blank"]
         # Chromium reads protocol messages on fd 3 and writes on fd 4.
+        # Its own process group: close() stops the helpers (zygote, renderer, crashpad) with it.
         self.proc = subprocess.Popen(["bash", "-c", f'exec "$@" 3<&{cmd_r} 4>&{evt_w}', "chromium", *args],
-                                     pass_fds=(cmd_r, evt_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     pass_fds=(cmd_r, evt_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         os.close(cmd_r)
         os.close(evt_w)
         self._buf, self._id = b"", 0
@@ -164,13 +168,32 @@ class Chromium:
     def screenshot(self, session: str) -> bytes:
         return base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"}, session)["data"])
 
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
     def close(self) -> None:
-        self.proc.terminate()
+        """Stop the browser and every helper process it started, then remove the profile. The
+        helpers outlive the browser process for a moment and may still write into the profile
+        ("Directory not empty: 'Default'" when it was removed after the browser alone)."""
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            pass
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
         os.close(self._cmd_w)
         os.close(self._evt_r)
-        self.profile.cleanup()
+        for attempt in range(50):  # a killed helper may still be exiting
+            try:
+                shutil.rmtree(self.profile)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
