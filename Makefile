@@ -37,16 +37,16 @@ test-fast: setup  ## skip the slow end-to-end tests
 S3_DIR ?= .s3local
 S3_PORT ?= 8333
 remote-up: setup  ## start SeaweedFS S3 on 127.0.0.1:$(S3_PORT), data in $(S3_DIR), and point DVC at it
-	$(BIN)/python -m policytune.s3local start --dir $(S3_DIR) --port $(S3_PORT)
-	$(BIN)/python -m policytune.s3local remote --dir $(S3_DIR) --port $(S3_PORT)
+	$(BIN)/python -m policytune.tools.s3local start --dir $(S3_DIR) --port $(S3_PORT)
+	$(BIN)/python -m policytune.tools.s3local remote --dir $(S3_DIR) --port $(S3_PORT)
 
 remote-down:
-	$(BIN)/python -m policytune.s3local stop --dir $(S3_DIR)
+	$(BIN)/python -m policytune.tools.s3local stop --dir $(S3_DIR)
 
 # --- review: Markdown PR comment comparing this branch with BASE ------------------------------
 BASE ?= main
 review:
-	$(BIN)/python -m policytune.review --base $(BASE) --out review
+	$(BIN)/python -m policytune.tools.review --base $(BASE) --out review
 
 # --- benchmarks -------------------------------------------------------------------------------
 bench-train: setup-run

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from policytune.records import read_jsonl, write_json  # noqa: E402
+from policytune.core.records import read_jsonl, write_json  # noqa: E402
 
 
 def questions(n: int) -> tuple[list[str], str]:

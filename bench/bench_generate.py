@@ -21,7 +21,6 @@ average before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from policytune.chat import DEFAULT_SYSTEM_PROMPT  # noqa: E402
-from policytune.records import read_jsonl, write_json  # noqa: E402
+from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT  # noqa: E402
+from policytune.core.records import read_jsonl, write_json  # noqa: E402
 from stages import evaluate as E  # noqa: E402
 
 

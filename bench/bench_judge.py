@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["DEEPEVAL_TELEMETRY_OPT_OUT"] = "YES"
 
-from policytune.records import read_jsonl, write_json  # noqa: E402
+from policytune.core.records import read_jsonl, write_json  # noqa: E402
 from stages import judge as stage  # noqa: E402
 
 VAGUE = [

@@ -21,7 +21,6 @@ the accepted pairs with their chunk text for reading by hand) to the path given.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -32,9 +31,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from policytune.params import load_section  # noqa: E402
-from policytune.llm import Backend, Completion, LocalBackend, messages_sha  # noqa: E402
-from policytune.records import read_jsonl, stable_id, write_json  # noqa: E402
+from policytune.core.params import load_section  # noqa: E402
+from policytune.lm.backends import Backend, Completion, LocalBackend, messages_sha  # noqa: E402
+from policytune.core.records import read_jsonl, stable_id, write_json  # noqa: E402
 from stages.generate_qa import (GenerateQAConfig, QACache, build_messages, generate,  # noqa: E402
                                 parse_output, evaluate_attempt)
 

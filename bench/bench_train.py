@@ -36,8 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from policytune.chat import to_messages  # noqa: E402
-from policytune.records import read_jsonl  # noqa: E402
+from policytune.lm.chat_format import to_messages  # noqa: E402
+from policytune.core.records import read_jsonl  # noqa: E402
 from stages import train as T  # noqa: E402
 
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"machine": {
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability()}, "load": {}}
-    from policytune.models import bf16_supported
+    from policytune.lm.loading import bf16_supported
     result["machine"]["bf16_native"] = bf16_supported("cpu")
     result["load"]["start"] = load_state()
 

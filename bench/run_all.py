@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from policytune.params import load_section
-from policytune.records import read_jsonl, write_json, write_jsonl
+from policytune.core.params import load_section
+from policytune.core.records import read_jsonl, write_json, write_jsonl
 from stages.generate_qa import GenerateQAConfig
 
 PY = sys.executable

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from policytune.params import ParamsError, load_section
-from policytune.progress import get_logger
-from policytune.records import read_jsonl, stable_id, write_json, write_jsonl
+from policytune.core.params import ParamsError, load_section
+from policytune.core.progress import get_logger
+from policytune.core.records import read_jsonl, stable_id, write_json, write_jsonl
 
 TRAIN_PATH = Path("data/split/train.jsonl")
 OUT_PATH = Path("data/augment/train.jsonl")
@@ -72,8 +72,8 @@ class SynonymConfig:
 
 @dataclass
 class TeacherConfig:
-    """The ``teacher`` back-translation engine: a policytune.llm local backend (its field names)."""
-    backend: str = field(default="local", metadata={"help": "policytune.llm backend (local)"})
+    """The ``teacher`` back-translation engine: a policytune.lm.backends local backend (its field names)."""
+    backend: str = field(default="local", metadata={"help": "policytune.lm.backends backend (local)"})
     model_dir: str = field(default="models/teacher", metadata={"help": "prepared causal LM folder"})
     dtype: str = field(default="auto", metadata={"help": "auto|bfloat16|float16|float32"})
     quantize: str = field(default="auto", metadata={"help": "none | int8 | auto (int8 Linear layers on a float32 CPU)"})
@@ -245,7 +245,7 @@ class SynonymReplacer:
     def __init__(self, cfg: SynonymConfig, wordnet=None):
         self.cfg = cfg
         if wordnet is None:
-            from policytune.wordnet import WordNetUnavailable, load_wordnet
+            from policytune.dataset.wordnet import WordNetUnavailable, load_wordnet
 
             try:
                 wordnet = load_wordnet(cfg.nltk_data, cfg.wordnet_dir)
@@ -258,7 +258,7 @@ class SynonymReplacer:
     def version(self) -> str:
         import nltk
 
-        from policytune.wordnet import wordnet_version
+        from policytune.dataset.wordnet import wordnet_version
 
         return f"WordNet {wordnet_version(self.cfg.wordnet_dir)} via nltk {nltk.__version__}"
 
@@ -549,15 +549,14 @@ _LANG_NAMES = {"es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
 
 
 class TeacherEngine:
-    """The local teacher LLM (a policytune.llm backend) translating en -> pivot -> en, greedy."""
+    """The local teacher LLM (a policytune.lm.backends backend) translating en -> pivot -> en, greedy."""
 
     name = "teacher"
 
     def __init__(self, cfg: BackTranslationConfig, backend=None):
         self.cfg = cfg
         if backend is None:
-            from policytune import llm
-
+            from policytune.lm import backends as llm
             if cfg.teacher.backend == "local" and not Path(cfg.teacher.model_dir).is_dir():
                 raise EngineUnavailable(
                     f"back_translation engine 'teacher': model folder {cfg.teacher.model_dir} not found; "

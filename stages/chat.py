@@ -9,7 +9,7 @@ Reads   models/student     the base model
         models/adapter     the LoRA adapter; its policytune_train.json ``chat_template_sha`` must equal
                            the tokenizer's (as in the evaluate stage), else chat refuses to start
         params.yaml        ``split.system_prompt`` (the system message every training row carries;
-                           policytune.chat.DEFAULT_SYSTEM_PROMPT if unset), ``evaluate.rag.top_k``
+                           policytune.lm.chat_format.DEFAULT_SYSTEM_PROMPT if unset), ``evaluate.rag.top_k``
         --rag only: models/encoder and data/chunks.jsonl (rows with chunk_id, text, url, title)
 Writes  nothing (not a DVC stage).
 
@@ -21,7 +21,7 @@ the prompt plus ``--max-new-tokens`` fits. At the prompt, ``/reset`` forgets the
 ``/exit`` (or Ctrl-D) quits; Ctrl-C stops an answer.
 
 :class:`Chatbot` (models loaded once, prompt building, retrieval, generation through
-:mod:`policytune.engine`) is shared with the web app (``stages/serve.py``) and bench/bench_chat.py.
+:mod:`policytune.lm.engine`) is shared with the web app (``stages/serve.py``) and bench/bench_chat.py.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from policytune.chat import DEFAULT_SYSTEM_PROMPT, template_sha
-from policytune.engine import Engine, Reply
-from policytune.generation import stop_token_ids
-from policytune.params import ParamsError, read_params
-from policytune.progress import get_logger
-from policytune.records import read_jsonl
+from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT, template_sha
+from policytune.lm.engine import Engine, Reply
+from policytune.lm.generation import stop_token_ids
+from policytune.core.params import ParamsError, read_params
+from policytune.core.progress import get_logger
+from policytune.core.records import read_jsonl
 
 MODEL_DIR = Path("models/student")
 ADAPTER_DIR = Path("models/adapter")
@@ -154,19 +154,19 @@ class Chatbot:
 
         import transformers
 
-        from stages import evaluate as E
+        from policytune.lm.adapters import AdapterError, check_adapter, load_lm, load_tok
 
         transformers.logging.set_verbosity_error()
-        tokenizer = E.load_tok(model_dir)  # the tokenizer's chat template (fallback: the train stage's)
+        tokenizer = load_tok(model_dir)  # the tokenizer's chat template (fallback: the train stage's)
         info = {"model_dir": str(model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
                 "chat_template_sha": template_sha(tokenizer)}
         if adapter_dir is not None:
             try:  # before loading any weights: a mismatch fails at once
-                train_info = E.check_adapter(adapter_dir, tokenizer)
-            except E.EvaluateError as e:
+                train_info = check_adapter(adapter_dir, tokenizer)
+            except AdapterError as e:
                 raise ChatbotError(str(e)) from None
             info["adapter_trained_with_template_sha"] = train_info.get("chat_template_sha")
-        model = E.load_lm(model_dir, dtype=dtype)
+        model = load_lm(model_dir, dtype=dtype)
         if adapter_dir is not None:
             from peft import PeftModel
 
@@ -174,7 +174,7 @@ class Chatbot:
             model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
         retriever = None
         if encoder_dir is not None:
-            from policytune.models import load_encoder
+            from policytune.lm.loading import load_encoder
 
             retriever = Retriever(load_encoder(encoder_dir), read_jsonl(chunks_path), top_k, max_chars)
             info.update(encoder_dir=str(encoder_dir), chunks=str(chunks_path), chunk_count=len(retriever.chunks))
@@ -202,7 +202,7 @@ class Chatbot:
         ``messages`` are {role, content} dicts ending with the user's question; a leading system
         message replaces the default system prompt. With ``rag`` the question carries its
         retrieved excerpts (only the current question: earlier turns stay as they were asked)."""
-        from stages.evaluate import rag_question
+        from policytune.evaluation.rag import rag_question
 
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
         if not msgs or msgs[-1]["role"] != "user":

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from policytune.progress import get_logger
-from policytune.records import read_json, write_json
+from policytune.core.progress import get_logger
+from policytune.core.records import read_json, write_json
 
 STAGES = ["scrape", "render", "extract", "generate_qa", "split", "augment"]
 

@@ -32,7 +32,7 @@ Metrics per (question, model):
   its table, e.g. distilbert-base-uncased, distilroberta-base, bert_uncased_L-6; we follow that);
 - cosine of answer and reference embeddings, relevance = cosine of question and answer
   embeddings (the study's "relevance score"); both 0 for an empty answer, as BERTScore does;
-- token-F1, ROUGE-L, BLEU (policytune.metrics) and answer length in words;
+- token-F1, ROUGE-L, BLEU (policytune.evaluation.metrics) and answer length in words;
 - ref_nll / ref_ppl: mean negative log-likelihood (and its exp, the perplexity) of the
   reference answer's assistant tokens (answer + end-of-turn marker) given the same prompt.
 """
@@ -44,161 +44,38 @@ import gc
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from policytune import metrics as M
-from policytune.generation import (decode_greedy, left_pad, render_prompts, split_stop,  # noqa: F401
+from policytune.evaluation import metrics as M
+from policytune.lm.generation import (decode_greedy, left_pad, render_prompts, split_stop,  # noqa: F401
                                   stop_token_ids)
-from policytune.chat import DEFAULT_SYSTEM_PROMPT, FALLBACK_CHAT_TEMPLATE, template_sha, to_messages
-from policytune.params import ParamsError, load_section, to_dict
-from policytune.progress import Progress, get_logger
-from policytune.records import read_json, read_jsonl, write_json, write_jsonl
+from policytune.lm.chat_format import template_sha, to_messages
+from policytune.core.params import ParamsError, load_section, to_dict
+from policytune.core.progress import Progress, get_logger
+from policytune.core.records import read_jsonl, write_json, write_jsonl
 
 TEST_PATH = Path("data/split/test.jsonl")
 CHUNKS_PATH = Path("data/chunks.jsonl")
 OUT_DIR = Path("data/eval")
 METRICS_PATH = Path("metrics/eval.json")
 STATS_PATH = Path("data/stats/evaluate.json")
-TRAIN_INFO = "policytune_train.json"  # written into the adapter folder by the train stage
 
 log = get_logger("evaluate")
 
-# The metrics in per_example.jsonl, in report order.
-METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "cosine", "relevance", "token_f1", "rouge_l",
-           "bleu", "answer_len", "ref_ppl", "ref_nll")
-# (key prefix in metrics/eval.json, treatment, control), paired over qa_id when both ran.
-# delta / delta_rag match the judge stage; rag_effect_* say whether retrieval helped each model.
-COMPARISONS = (("delta", "finetuned", "base"), ("delta_rag", "finetuned_rag", "base_rag"),
-               ("rag_effect_base", "base_rag", "base"), ("rag_effect_finetuned", "finetuned_rag", "finetuned"))
-
-
-@dataclass
-class RagConfig:
-    enabled: bool = field(default=False, metadata={"help": "also evaluate base_rag and finetuned_rag"})
-    top_k: int = field(default=3, metadata={"help": "chunks retrieved (encoder cosine) into the prompt"})
-    max_chars: int = field(default=1500, metadata={"help": "each retrieved chunk is cut to this many characters"})
-
-
-@dataclass
-class BertScoreConfig:
-    num_layers: int = field(default=5, metadata={
-        "help": "encoder layer whose token vectors BERTScore compares (5 of 6 for MiniLM-L6, as bert-score "
-                "does for every 6-layer model)"})
-    batch_size: int = field(default=32, metadata={"help": "BERTScore batch size"})
-
-
-@dataclass
-class BootstrapConfig:
-    n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples for every CI"})
-    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
-    ci: float = field(default=0.95, metadata={"help": "confidence level of the percentile intervals"})
-
-
-@dataclass
-class EvaluateConfig:
-    base_dir: str = field(default="models/student", metadata={"help": "base model folder"})
-    adapter_dir: str = field(default="models/adapter", metadata={"help": "LoRA adapter folder of the train stage"})
-    encoder_dir: str = field(default="models/encoder", metadata={"help": "sentence-transformers folder"})
-    max_new_tokens: int = field(default=128, metadata={"help": "generation limit per answer"})
-    batch_size: int = field(default=32, metadata={"help": "questions decoded together (continuous batching; 32: the whole 30-question FAQ at once)"})
-    batching: str = field(default="continuous", metadata={
-        "help": "continuous: a finished answer leaves the batch and a waiting question joins (greedy only); "
-                "static: model.generate on fixed batches (also used whenever sampling is on)"})
-    do_sample: bool = field(default=False, metadata={"help": "false = greedy decoding (reproducible)"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (do_sample only)"})
-    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling (do_sample only)"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = none"})
-    seed: int = field(default=0, metadata={"help": "torch seed (matters only with do_sample)"})
-    system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system message of every prompt"})
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (saved dtype; float32 where bf16 is not native) | float32 | bfloat16 | float16"})
-    merge_adapter: bool = field(default=True, metadata={"help": "merge LoRA into the weights in memory (faster)"})
-    ppl_batch_size: int = field(default=8, metadata={"help": "batch size of the reference-perplexity pass"})
-    limit: int = field(default=0, metadata={"help": "evaluate only the first N test questions (0 = all)"})
-    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
-    rag: RagConfig = field(default_factory=RagConfig)
-    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-
-
-class EvaluateError(RuntimeError):
-    """Inputs the stage cannot evaluate (missing adapter, template mismatch, bad rows)."""
-
+from policytune.evaluation.config import (COMPARISONS, METRICS, BertScoreConfig, EvaluateConfig,  # noqa: E402,F401
+                                          EvaluateError, RagConfig)
+from policytune.evaluation.rag import rag_question, retrieve  # noqa: E402,F401
+from policytune.lm.adapters import (TRAIN_INFO, AdapterError, check_adapter, load_finetuned,  # noqa: E402,F401
+                                    load_lm, load_tok)
 
 # ---------------------------------------------------------------------------------------------
-# model loading (policytune.models; transformers + peft underneath)
+# model loading (policytune.lm.loading; transformers + peft underneath)
 # ---------------------------------------------------------------------------------------------
-
-def load_lm(path: str | Path, dtype: str = "auto", device: Optional[str] = None):
-    from policytune.models import load_causal_lm
-
-    return load_causal_lm(path, dtype=dtype, device=device)
-
-
-def load_tok(path: str | Path):
-    from policytune.models import load_tokenizer
-
-    tok = load_tokenizer(path, padding_side="left")
-    if not getattr(tok, "chat_template", None):
-        tok.chat_template = FALLBACK_CHAT_TEMPLATE  # as the train stage does for template-less models
-    return tok
-
-
-def check_adapter(adapter_dir: str | Path, tokenizer) -> dict:
-    """The adapter's train record; stops if it was trained under another chat template."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise EvaluateError(f"{adapter_dir} holds no adapter_config.json; run the train stage "
-                            "(`dvc repro train`) first")
-    info_path = adapter_dir / TRAIN_INFO
-    info = read_json(info_path) if info_path.is_file() else {}
-    want = info.get("chat_template_sha")
-    have = template_sha(tokenizer)
-    if want and want != have:
-        raise EvaluateError(
-            f"chat template mismatch: the adapter in {adapter_dir} was trained with template sha {want}, "
-            f"but the base tokenizer renders with {have}. Prompts would not look like training prompts; "
-            "retrain (`dvc repro train`) or evaluate with the tokenizer the adapter was trained with.")
-    if not want:
-        log.warning("%s has no %s chat_template_sha; cannot verify the chat template", adapter_dir, TRAIN_INFO)
-    return info
-
-
-def load_finetuned(base_dir: str | Path, adapter_dir: str | Path, dtype: str = "auto",
-                   device: Optional[str] = None, merge: bool = True):
-    from peft import PeftModel
-
-    base = load_lm(base_dir, dtype=dtype, device=device)
-    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-    if merge:
-        model = model.merge_and_unload()
-    return model.eval()
-
 
 # ---------------------------------------------------------------------------------------------
 # prompts and retrieval
 # ---------------------------------------------------------------------------------------------
-
-def rag_question(question: str, contexts: Sequence[str]) -> str:
-    ctx = "\n\n".join(f"[{i}] {c}" for i, c in enumerate(contexts, 1))
-    return (f"Use the policy excerpts below to answer the question.\n\nExcerpts:\n{ctx}\n\n"
-            f"Question: {question}")
-
-
-def retrieve(questions: Sequence[str], chunks: Sequence[dict], encoder, top_k: int) -> list[list[int]]:
-    """Indices of the top-k chunks per question by encoder cosine (ties: earlier chunk first)."""
-    import numpy as np
-
-    if not chunks:
-        raise EvaluateError("RAG is enabled but data/chunks.jsonl has no chunks")
-    q = encoder.encode(list(questions), normalize_embeddings=True, convert_to_numpy=True)
-    c = encoder.encode([ch["text"] for ch in chunks], normalize_embeddings=True, convert_to_numpy=True,
-                       batch_size=64)
-    sims = q @ c.T
-    k = min(top_k, len(chunks))
-    return [list(np.argsort(-row, kind="stable")[:k]) for row in sims]
-
 
 def build_prompts(rows: Sequence[dict], system_prompt: str, contexts: Optional[list[list[str]]] = None) -> list[list[dict]]:
     out = []
@@ -278,7 +155,7 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], gen: dict, batch_s
 
 def generate_continuous(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int,
                         progress: Optional[Progress] = None, refill_at: Optional[int] = None) -> list[dict]:
-    """Greedy decoding with continuous batching (policytune.generation.decode_greedy: finished
+    """Greedy decoding with continuous batching (policytune.lm.generation.decode_greedy: finished
     answers leave the batch, waiting questions join, a shared prompt prefix is prefilled once);
     same result contract as :func:`generate`."""
     ids = render_prompts(tokenizer, prompts)
@@ -350,7 +227,7 @@ class Scorer:
                  device: Optional[str] = None, encoder=None):
         from bert_score import BERTScorer
 
-        from policytune.models import load_encoder
+        from policytune.lm.loading import load_encoder
 
         self.encoder_dir = str(encoder_dir)
         self.encoder = encoder if encoder is not None else load_encoder(self.encoder_dir, device=device)
@@ -595,7 +472,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             base_lm=lambda: load_lm(cfg.base_dir, cfg.dtype),
             finetuned_lm=lambda: load_finetuned(cfg.base_dir, cfg.adapter_dir, cfg.dtype, merge=cfg.merge_adapter),
             tokenizer=tokenizer, chunks=chunks)
-    except EvaluateError as e:
+    except (EvaluateError, AdapterError) as e:
         raise SystemExit(f"evaluate: {e}") from None
     models = list(stats["models"])
     write_outputs(Path(args.out_dir), Path(args.metrics), answers, per_example, flat, models)

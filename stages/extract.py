@@ -47,9 +47,9 @@ from pathlib import Path
 import polars as pl
 import pymupdf
 
-from policytune import records
-from policytune.params import ParamsError, load_section
-from policytune.progress import Progress, get_logger
+from policytune.core import records
+from policytune.core.params import ParamsError, load_section
+from policytune.core.progress import Progress, get_logger
 
 PDF_MANIFEST = "data/pdf/manifest.jsonl"
 CHUNKS = "data/chunks.jsonl"

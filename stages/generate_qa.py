@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from policytune.llm import Backend, BedrockConfig, OpenAIConfig, make_backend
-from policytune.params import load_section, to_dict
-from policytune.progress import Progress, get_logger
-from policytune.records import (atomic_write_text, read_json, read_jsonl, sha256_text, stable_id,
+from policytune.lm.backends import Backend, BedrockConfig, OpenAIConfig, make_backend
+from policytune.core.params import load_section, to_dict
+from policytune.core.progress import Progress, get_logger
+from policytune.core.records import (atomic_write_text, read_json, read_jsonl, sha256_text, stable_id,
                                 write_json, write_jsonl)
 
 DEFAULT_PREFILL = '[\n  {\n    "question": "'
@@ -397,7 +397,7 @@ Embed = Callable[[Sequence[str]], Any]  # texts -> (n, d) array of L2-normalised
 
 
 def load_embedder(encoder_dir: str) -> Embed:
-    from policytune.models import load_encoder
+    from policytune.lm.loading import load_encoder
 
     model = load_encoder(encoder_dir)
 

@@ -26,8 +26,8 @@ short one in the G-Eval paper's shape passed through GEval's ``evaluation_templa
 own template, with which a 1.5B local judge gives nearly flat score probabilities (see
 bench/bench_judge.py). The judge model behind it is chosen in params: ``local`` (default) scores from the
 probabilities of the score tokens with the shared prompt prefix KV-cached
-(:class:`policytune.judge_llm.ProbabilityJudge`), ``openai``/``bedrock`` write free-text JSON
-that is parsed and retried up to ``max_retries`` times (:class:`policytune.judge_llm.TextJudge`).
+(:class:`policytune.evaluation.judge_llm.ProbabilityJudge`), ``openai``/``bedrock`` write free-text JSON
+that is parsed and retried up to ``max_retries`` times (:class:`policytune.evaluation.judge_llm.TextJudge`).
 A judgement whose output never parses is a failure: score null, ``failed: true``, the reason
 and the raw outputs kept, counted per model and metric — never silently scored. An empty
 answer is scored 0 without calling the judge and counted as ``<model>.empty_answers``.
@@ -44,16 +44,16 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 os.environ["DEEPEVAL_TELEMETRY_OPT_OUT"] = "YES"  # deepeval must never phone home
 os.environ.setdefault("DEEPEVAL_DISABLE_DOTENV", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from policytune.llm import BedrockConfig, OpenAIConfig  # noqa: E402
-from policytune.params import ParamsError, load_section, to_dict  # noqa: E402
-from policytune.progress import Progress, get_logger  # noqa: E402
-from policytune.records import read_json, read_jsonl, stable_id, write_json, write_jsonl  # noqa: E402
+from policytune.lm.backends import BedrockConfig, OpenAIConfig  # noqa: E402
+from policytune.core.params import ParamsError, load_section, to_dict  # noqa: E402
+from policytune.core.progress import Progress, get_logger  # noqa: E402
+from policytune.core.records import read_json, read_jsonl, stable_id, write_json, write_jsonl  # noqa: E402
 
 ANSWERS_PATH = Path("data/eval/answers.jsonl")
 TEST_PATH = Path("data/split/test.jsonl")
@@ -278,8 +278,8 @@ def select_answers(answers: list[dict], cfg: JudgeConfig) -> list[dict]:
 
 def build_judge(cfg: JudgeConfig):
     """The DeepEvalBaseLLM that GEval calls (nothing is loaded or contacted yet)."""
-    from policytune.judge_llm import ProbabilityJudge, TextJudge
-    from policytune.llm import make_backend
+    from policytune.evaluation.judge_llm import ProbabilityJudge, TextJudge
+    from policytune.lm.backends import make_backend
 
     mode = scoring_mode(cfg)
     items = rubric_items(cfg)
@@ -317,7 +317,7 @@ def _make_geval(spec: dict, cfg: JudgeConfig, judge, steps: Optional[list[str]])
     from deepeval.metrics.g_eval.utils import Rubric
     from deepeval.test_case import SingleTurnParams
 
-    from policytune.judge_llm import compact_template
+    from policytune.evaluation.judge_llm import compact_template
 
     if cfg.prompt not in ("compact", "deepeval"):
         raise ParamsError(f"judge.prompt must be compact | deepeval, got {cfg.prompt!r}")
@@ -343,7 +343,7 @@ def evaluation_steps(spec: dict, cfg: JudgeConfig, judge, cache: JudgeCache, ide
                      counters: dict) -> tuple[list[str], str, Optional[dict]]:
     """(steps, source, cache record). Pinned in params, else GEval's steps from the judge,
     generated once per (criteria, fields, judge) and cached."""
-    from policytune.judge_llm import JudgeOutputError
+    from policytune.evaluation.judge_llm import JudgeOutputError
 
     if spec["steps"]:
         return spec["steps"], "params", None
@@ -387,7 +387,7 @@ def judge_one(geval, judge, fields: dict) -> dict:
     from deepeval.errors import MissingTestCaseParamsError
     from deepeval.test_case import LLMTestCase
 
-    from policytune.judge_llm import JudgeOutputError
+    from policytune.evaluation.judge_llm import JudgeOutputError
 
     tc = LLMTestCase(input=fields.get("input", ""), actual_output=fields.get("actual_output"),
                      expected_output=fields.get("expected_output"), context=fields.get("context"))
@@ -546,7 +546,7 @@ def judge_answers(answers: list[dict], contexts: dict[str, tuple[str, str]], cfg
 
 def summarise(rows: list[dict], items: list[dict], specs: list[dict], cfg: JudgeConfig) -> dict:
     """Flat DVC keys: per model and metric mean/CI/n/failures, deltas with paired bootstrap CIs."""
-    from policytune.metrics import flat_summary, pair_by_key
+    from policytune.evaluation.metrics import flat_summary, pair_by_key
 
     models = list(dict.fromkeys(a["model"] for a in items))
     keys = [s["key"] for s in specs]

@@ -3,7 +3,7 @@
     python -m stages.prepare_models --role student|teacher|judge|encoder
 
 Reads ``models.<role>`` (a spec: catalog name, local folder or .gguf, or Hugging Face id; see
-policytune/models.py) and section ``prepare``. Writes ``models/<role>/``:
+policytune/lm/catalog.py) and section ``prepare``. Writes ``models/<role>/``:
 
 - causal LMs: Hugging Face folder (safetensors in ``prepare.dtype``, tokenizer with a chat
   template and a pad token, generation config) converted once from the packaged GGUF, whose
@@ -29,10 +29,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policytune import chat, models
-from policytune.params import ParamsError, load_section
-from policytune.progress import Progress, get_logger
-from policytune.records import sha256_file, write_json
+from policytune.lm import chat_format as chat
+from policytune.lm import catalog, loading
+from policytune.core.params import ParamsError, load_section
+from policytune.core.progress import Progress, get_logger
+from policytune.core.records import sha256_file, write_json
 
 ROLES = ("student", "teacher", "judge", "encoder")
 log = get_logger("prepare_models")
@@ -133,7 +134,7 @@ def _fix_special_tokens(tok, config) -> None:
         token = tok.convert_ids_to_tokens(want)
         log.info("tokenizer eos_token %r -> %r (id %d, as the GGUF declares)", tok.eos_token, token, want)
         tok.eos_token = token
-    models.ensure_pad_token(tok)
+    loading.ensure_pad_token(tok)
 
 
 def _stop_ids(tok, config) -> list[int]:
@@ -163,7 +164,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str) -> tuple[int, str]:
     """GGUF file -> plain Hugging Face folder in ``out``; returns (n_params, chat template sha)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    torch_dtype = models.resolve_dtype(dtype)
+    torch_dtype = loading.resolve_dtype(dtype)
     with gguf_loading():
         t0 = time.monotonic()
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
@@ -177,7 +178,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str) -> tuple[int, str]:
         _fix_special_tokens(tok, model.config)
         tok.clean_up_tokenization_spaces = False  # BPE: the clean-up would strip spaces before punctuation
         if not tok.chat_template:
-            log.info("GGUF has no chat template; using policytune.chat.FALLBACK_CHAT_TEMPLATE (ChatML)")
+            log.info("GGUF has no chat template; using policytune.lm.chat_format.FALLBACK_CHAT_TEMPLATE (ChatML)")
             tok.chat_template = chat.FALLBACK_CHAT_TEMPLATE
         log.info("tokenizer: %d tokens, eos %r, pad %r, %.0fs",
                  len(tok), tok.eos_token, tok.pad_token, time.monotonic() - t0)
@@ -199,7 +200,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str) -> tuple[int, str]:
 
 def _copy_folder(src: Path, out: Path) -> None:
     shutil.copytree(src, out, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".git", "__pycache__", models.MANIFEST))
+                    ignore=shutil.ignore_patterns(".git", "__pycache__", catalog.MANIFEST))
 
 
 def _describe_folder(out: Path, kind: str) -> tuple[int, str | None, str]:
@@ -208,16 +209,16 @@ def _describe_folder(out: Path, kind: str) -> tuple[int, str | None, str]:
     import torch
 
     if kind == "encoder":
-        enc = models.load_encoder(out, device="cpu")
+        enc = loading.load_encoder(out, device="cpu")
         return sum(p.numel() for p in enc.parameters()), None, str(next(enc.parameters()).dtype)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     if not tok.chat_template or tok.pad_token is None:
         if not tok.chat_template:
-            log.info("no chat template; using policytune.chat.FALLBACK_CHAT_TEMPLATE (ChatML)")
+            log.info("no chat template; using policytune.lm.chat_format.FALLBACK_CHAT_TEMPLATE (ChatML)")
             tok.chat_template = chat.FALLBACK_CHAT_TEMPLATE
-        models.ensure_pad_token(tok)
+        loading.ensure_pad_token(tok)
         tok.save_pretrained(out)
     config = AutoConfig.from_pretrained(out, local_files_only=True)
     with torch.device("meta"):  # count parameters without allocating them
@@ -227,12 +228,12 @@ def _describe_folder(out: Path, kind: str) -> tuple[int, str | None, str]:
 
 
 def _from_hub(hub_id: str, out: Path, kind: str, dtype: str) -> None:
-    if models.hub_offline():
-        raise models.ModelSourceError(
+    if catalog.hub_offline():
+        raise catalog.ModelSourceError(
             f"{hub_id!r} is a Hugging Face id and it is not a local folder, but HF_HUB_OFFLINE=1 "
             "(or TRANSFORMERS_OFFLINE=1) forbids downloading it. Unset HF_HUB_OFFLINE on a machine "
             "with hub access (and accept the model's licence there), point params.yaml at a local "
-            f"folder, or use a catalog name: {', '.join(models.CATALOG)}")
+            f"folder, or use a catalog name: {', '.join(catalog.CATALOG)}")
     if kind == "encoder":
         from sentence_transformers import SentenceTransformer
 
@@ -240,19 +241,19 @@ def _from_hub(hub_id: str, out: Path, kind: str, dtype: str) -> None:
         return
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    AutoModelForCausalLM.from_pretrained(hub_id, dtype=models.resolve_dtype(dtype)).save_pretrained(out)
+    AutoModelForCausalLM.from_pretrained(hub_id, dtype=loading.resolve_dtype(dtype)).save_pretrained(out)
     AutoTokenizer.from_pretrained(hub_id).save_pretrained(out)
 
 
 # --------------------------------------------------------------------------- core
 
 def prepare(role: str, spec: str, out_dir: Path, dtype: str = "bfloat16",
-            catalog=models.CATALOG) -> dict:
+            catalog=catalog.CATALOG) -> dict:
     """Build ``out_dir`` for ``role`` from ``spec``; returns the manifest written into it."""
     kind = role_kind(role)
-    resolved = models.resolve_spec(spec, catalog)
+    resolved = catalog.resolve_spec(spec, catalog)
     if resolved.entry is not None and resolved.entry.kind != kind:
-        raise models.ModelSourceError(
+        raise catalog.ModelSourceError(
             f"role {role!r} needs a model of kind {kind}, but {spec!r} is a {resolved.entry.kind}; "
             f"catalog {kind} models: {', '.join(n for n, e in catalog.items() if e.kind == kind)}")
     log.info("role %s: %s (%s, %s)", role, spec, resolved.source, kind)
@@ -264,7 +265,7 @@ def prepare(role: str, spec: str, out_dir: Path, dtype: str = "bfloat16",
     try:
         manifest = {"role": role, "spec": spec, "kind": kind,
                     **_build(resolved, kind, build, dtype)}
-        write_json(build / models.MANIFEST, manifest)
+        write_json(build / catalog.MANIFEST, manifest)
         _publish(build, out_dir)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -274,7 +275,7 @@ def prepare(role: str, spec: str, out_dir: Path, dtype: str = "bfloat16",
     return manifest
 
 
-def _build(resolved: models.Resolved, kind: str, build: Path, dtype: str) -> dict:
+def _build(resolved: catalog.Resolved, kind: str, build: Path, dtype: str) -> dict:
     """Fill ``build`` from the resolved source; returns the manifest fields after role/spec/kind."""
     import torch
     import transformers
@@ -289,13 +290,13 @@ def _build(resolved: models.Resolved, kind: str, build: Path, dtype: str) -> dic
     saved_dtype = dtype
     if entry is not None and kind == "encoder":
         log.info("checking %s against its pinned tree sha256", entry.parts[0].pin)
-        _copy_folder(models.verify_folder(entry), build)
+        _copy_folder(catalog.verify_folder(entry), build)
     elif resolved.source in ("catalog", "gguf"):
         with tempfile.TemporaryDirectory(prefix="policytune-gguf-") as tmp:
             if entry is not None:
                 log.info("verifying %d part(s), %.1f MB", len(entry.parts), entry.size / 1e6)
                 joined = Progress(log, "parts joined and hashed", len(entry.parts)) if len(entry.parts) > 1 else None
-                gguf = models.assemble_gguf(entry, tmp, on_part=joined and (lambda i, n: joined.update()))
+                gguf = catalog.assemble_gguf(entry, tmp, on_part=joined and (lambda i, n: joined.update()))
                 log.info("sha256 ok: %s", entry.sha256)
             else:
                 gguf = resolved.path
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = getattr(load_section(ModelsConfig, "models"), args.role)
         cfg = load_section(PrepareConfig, "prepare")
         prepare(args.role, spec, args.out or Path("models") / args.role, cfg.dtype)
-    except (models.ModelSourceError, ParamsError) as e:
+    except (catalog.ModelSourceError, ParamsError) as e:
         log.error("%s", e)
         return 1
     return 0

@@ -42,9 +42,9 @@ import pymupdf
 from bs4 import BeautifulSoup, UnicodeDammit
 from bs4.element import NavigableString, Tag
 
-from policytune import records
-from policytune.params import load_section, to_dict
-from policytune.progress import Progress, get_logger
+from policytune.core import records
+from policytune.core.params import load_section, to_dict
+from policytune.core.progress import Progress, get_logger
 
 RAW_MANIFEST = "data/raw/manifest.jsonl"
 PDF_DIR = "data/pdf"

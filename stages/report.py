@@ -34,10 +34,10 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from policytune import metrics as M
-from policytune.params import ParamsError, load_section
-from policytune.progress import get_logger
-from policytune.records import atomic_write_text, read_json, read_jsonl, sha256_file
+from policytune.evaluation import metrics as M
+from policytune.core.params import ParamsError, load_section
+from policytune.core.progress import get_logger
+from policytune.core.records import atomic_write_text, read_json, read_jsonl, sha256_file
 
 log = get_logger("report")
 
@@ -657,7 +657,7 @@ def _gen_desc(p: dict) -> str:
 
 
 def _comparisons():
-    from stages.evaluate import COMPARISONS
+    from policytune.evaluation.config import COMPARISONS
 
     return COMPARISONS
 

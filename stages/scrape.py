@@ -40,9 +40,9 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import requests
 from bs4 import BeautifulSoup
 
-from policytune import records
-from policytune.params import ParamsError, load_section
-from policytune.progress import Progress, get_logger
+from policytune.core import records
+from policytune.core.params import ParamsError, load_section
+from policytune.core.progress import Progress, get_logger
 
 log = get_logger("scrape")
 

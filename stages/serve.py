@@ -35,7 +35,7 @@ Retry-After) or 500 (generation failed).
 
 Concurrency. One thread per connection (ThreadingHTTPServer) parses, validates and renders the
 prompt; the models, loaded once at start-up, are run only by the engine's worker thread
-(:mod:`policytune.engine`: continuous batching, up to --max-batch answers decode together, base and
+(:mod:`policytune.lm.engine`: continuous batching, up to --max-batch answers decode together, base and
 fine-tuned rows in the same batch). A request that finds --max-waiting others queued gets 503 at
 once. Each answer flows to its handler through its own queue, so a client that reads slowly or not
 at all blocks only its own handler thread (until --client-timeout), and a client that disconnects
@@ -58,9 +58,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from policytune.chat_page import PAGE
-from policytune.engine import EngineBusy, EngineClosed, Reply
-from policytune.progress import get_logger
+from policytune.app.page import PAGE
+from policytune.lm.engine import EngineBusy, EngineClosed, Reply
+from policytune.core.progress import get_logger
 from stages.chat import Chatbot, ChatbotError, add_model_args, defaults_from_params
 
 log = get_logger("serve")

@@ -4,7 +4,7 @@ Reads   data/qa.jsonl (QA pairs from generate_qa) and, when ``split.external_tes
         JSONL of {question, answer[, source...]} (e.g. a published FAQ).
 Params  ``split`` (see :class:`SplitConfig`).
 Writes  data/split/{train,val,test}.jsonl   the QA row plus ``split``; train/val rows also carry
-                                            ``messages`` (system/user/assistant, policytune.chat)
+                                            ``messages`` (system/user/assistant, policytune.lm.chat_format)
         data/split/near_dups.jsonl          every train/val row dropped as a near-duplicate of a
                                             test question, with the test row it matched
         data/stats/split.json               sizes, groups per split, near-dups removed, ...
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from policytune.chat import DEFAULT_SYSTEM_PROMPT, to_messages
-from policytune.params import ParamsError, load_section
-from policytune.progress import get_logger
-from policytune.records import read_jsonl, sha256_file, stable_id, write_json, write_jsonl
+from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT, to_messages
+from policytune.core.params import ParamsError, load_section
+from policytune.core.progress import get_logger
+from policytune.core.records import read_jsonl, sha256_file, stable_id, write_json, write_jsonl
 
 QA_PATH = Path("data/qa.jsonl")
 OUT_DIR = Path("data/split")
@@ -275,8 +275,9 @@ def split_records(rows: Sequence[dict], cfg: SplitConfig, external: Optional[lis
 # ---------------------------------------------------------------------------------------------
 
 def load_embedder(encoder_dir: str | Path) -> Callable[[list[str]], "object"]:
-    """The prepared encoder (policytune.models.load_encoder) as a texts -> unit vectors function."""
-    from policytune.models import ModelSourceError, load_encoder
+    """The prepared encoder (policytune.lm.loading.load_encoder) as a texts -> unit vectors function."""
+    from policytune.lm.catalog import ModelSourceError
+    from policytune.lm.loading import load_encoder
 
     try:
         model = load_encoder(encoder_dir, device="cpu")

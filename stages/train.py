@@ -70,10 +70,10 @@ from typing import Callable, Optional
 
 import torch
 
-from policytune.chat import FALLBACK_CHAT_TEMPLATE, template_sha
-from policytune.params import ParamsError, load_section, to_dict
-from policytune.progress import Progress, get_logger
-from policytune.records import atomic_write_text, read_jsonl, sha256_file, write_json
+from policytune.lm.chat_format import FALLBACK_CHAT_TEMPLATE, template_sha
+from policytune.core.params import ParamsError, load_section, to_dict
+from policytune.core.progress import Progress, get_logger
+from policytune.core.records import atomic_write_text, read_jsonl, sha256_file, write_json
 
 log = get_logger("train")
 
@@ -175,7 +175,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.lora.r < 1 or not 0 <= cfg.lora.dropout < 1:
         raise ParamsError(f"train.lora: r must be >= 1 and dropout in [0, 1), got {cfg.lora}")
     if cfg.early_stopping.patience < 0 or cfg.early_stopping.min_delta < 0:
-        raise ParamsError(f"train.early_stopping: patience and min_delta must be >= 0")
+        raise ParamsError("train.early_stopping: patience and min_delta must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,20 +392,20 @@ def collate(examples: list[Example], pad_id: int, share_prefix: bool = True, dev
 
 def load_tokenizer(base_dir: str):
     try:
-        from policytune.models import load_tokenizer as _load
+        from policytune.lm.loading import load_tokenizer as _load
         tok = _load(base_dir, padding_side="right")
-    except ImportError:  # pragma: no cover - policytune.models ships with the repo
+    except ImportError:  # pragma: no cover - policytune.lm.loading ships with the repo
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
         tok.pad_token = tok.pad_token or tok.unk_token or tok.eos_token
     if not tok.chat_template:
-        log.info("%s ships no chat template; training with policytune.chat.FALLBACK_CHAT_TEMPLATE", base_dir)
+        log.info("%s ships no chat template; training with policytune.lm.chat_format.FALLBACK_CHAT_TEMPLATE", base_dir)
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
     return tok
 
 
 def load_base_model(base_dir: str, dtype: str, device: torch.device):
-    from policytune.models import load_causal_lm
+    from policytune.lm.loading import load_causal_lm
     model = load_causal_lm(base_dir, dtype=dtype, device=str(device))
     model.config.use_cache = False
     return model

@@ -1,11 +1,11 @@
 """The two decode speed-ups under every local model: grouped-query attention without copying
-key/value heads when a padding mask is present (policytune.models._sdpa_gqa), and a KV cache
-that grows in place (policytune.generation.grow_in_place). Both must change no output.
+key/value heads when a padding mask is present (policytune.loading._sdpa_gqa), and a KV cache
+that grows in place (policytune.lm.generation.grow_in_place). Both must change no output.
 
 The models are random 2-layer Llamas whose query heads share key/value heads in groups of 2
 (SmolLM2 has 3: enable_gqa everywhere) and of 4 (Qwen2.5 has 6-7: decode steps fold the group
 into the query length), built from a config in the test (no download), saved and loaded
-through policytune.models.load_causal_lm the way every stage loads its models.
+through policytune.loading.load_causal_lm the way every stage loads its models.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from policytune import generation as G
-from policytune import models
-
-
+from policytune.lm import generation as G
+from policytune.lm import loading
 @pytest.fixture(scope="module", params=[4, 8], ids=["groups2", "groups4"])
 def gqa_dir(request, tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -32,7 +30,7 @@ def gqa_dir(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm(gqa_dir):
-    return models.load_causal_lm(gqa_dir, dtype="float32", device="cpu")
+    return loading.load_causal_lm(gqa_dir, dtype="float32", device="cpu")
 
 
 def padded_batch():
@@ -45,7 +43,7 @@ def padded_batch():
 
 
 def test_loaded_models_use_gqa_attention_with_same_outputs_and_grads(lm, gqa_dir):
-    assert lm.config._attn_implementation == models.GQA_SDPA
+    assert lm.config._attn_implementation == loading.GQA_SDPA
     stock = stock_sdpa(gqa_dir)
     ids, mask = padded_batch()
     outs = []
@@ -99,7 +97,7 @@ def test_growing_cache_writes_in_place_and_survives_replacement(lm):
 
 
 def stock_sdpa(gqa_dir):
-    m = models.load_causal_lm(gqa_dir, dtype="float32", device="cpu")
+    m = loading.load_causal_lm(gqa_dir, dtype="float32", device="cpu")
     m.set_attn_implementation("sdpa")
     assert m.config._attn_implementation == "sdpa"
     return m

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policytune.chat import to_messages
-from policytune.llm import Completion
-from policytune.params import ParamsError
-from policytune.records import read_json, read_jsonl, write_jsonl
+from policytune.lm.chat_format import to_messages
+from policytune.lm.backends import Completion
+from policytune.core.params import ParamsError
+from policytune.core.records import read_json, read_jsonl, write_jsonl
 from stages import augment as A
 
 HAVE_APERTIUM = shutil.which("apertium") is not None and Path("/usr/share/apertium/modes/eng-spa.mode").exists()
@@ -158,7 +158,7 @@ def test_missing_wordnet_is_a_clear_error(tmp_path):
 def test_wordnet_folder_is_built_offline(tmp_path):
     if not HAVE_WORDNET:
         pytest.skip("needs wordnet-base")
-    from policytune.wordnet import LEXNAMES, ensure_nltk_wordnet
+    from policytune.dataset.wordnet import LEXNAMES, ensure_nltk_wordnet
 
     root = ensure_nltk_wordnet(tmp_path / "nd") / "corpora" / "wordnet"
     lines = (root / "lexnames").read_text().splitlines()
@@ -277,7 +277,7 @@ def test_google_engine_blackholed_network_is_bounded_by_timeout():
 
 
 class FakeBackend:
-    """A policytune.llm-shaped backend that 'translates' by tagging the text."""
+    """A policytune.lm.backends-shaped backend that 'translates' by tagging the text."""
 
     model_id = "fake-teacher"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from chat_helpers import CHUNKS, chunks_file, encoder_dir, post_chat, request, tiny_adapter_dir, tiny_model_dir
-from policytune.chat import to_messages
+from tests.helpers.chat import CHUNKS, chunks_file, encoder_dir, post_chat, request, tiny_adapter_dir, tiny_model_dir
+from policytune.lm.chat_format import to_messages
 from stages import evaluate as E
 from stages.chat import Chatbot, ChatbotError, defaults_from_params
 
@@ -103,10 +103,10 @@ def test_adapter_trained_with_another_template_is_refused(tiny, adapter, tmp_pat
 
 
 def test_console_script_dispatches_serve(tiny):
-    help_ = subprocess.run([sys.executable, "-m", "policytune.cli", "--help"], cwd=REPO, env=ENV,
+    help_ = subprocess.run([sys.executable, "-m", "policytune.tools.cli", "--help"], cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=30)
     assert help_.returncode == 0 and "chat" in help_.stdout and "serve" in help_.stdout
-    proc = subprocess.Popen([sys.executable, "-m", "policytune.cli", "serve", "--model-dir", str(tiny), "--base",
+    proc = subprocess.Popen([sys.executable, "-m", "policytune.tools.cli", "serve", "--model-dir", str(tiny), "--base",
                              "--no-rag", "--port", "0", "--max-new-tokens", "4"],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

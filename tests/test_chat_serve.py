@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from chat_helpers import Chromium, chunks_file, encoder_dir, post_chat, request, sse_events, \
+from tests.helpers.chat import Chromium, chunks_file, encoder_dir, post_chat, request, sse_events, \
     tiny_adapter_dir, tiny_model_dir
-from policytune.chat import DEFAULT_SYSTEM_PROMPT, to_messages
-from policytune.engine import Engine
+from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT, to_messages
+from policytune.lm.engine import Engine
 from stages import evaluate as E
 from stages.chat import Chatbot, ChatbotError
 from stages.serve import ChatServer, ServeConfig

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from policytune import generation as G
+from policytune.lm import generation as G
 import yaml
 
-from policytune.chat import template_sha
-from policytune.records import read_json, read_jsonl, write_jsonl
-from policytune.chat import to_messages  # noqa: F401  (E.to_messages)
+from policytune.lm.chat_format import template_sha
+from policytune.core.records import read_json, read_jsonl, write_jsonl
+from policytune.lm.chat_format import to_messages  # noqa: F401  (E.to_messages)
 from stages import evaluate as E
 
 ROWS = [

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policytune import records
-from policytune.params import ParamsError
+from policytune.core import records
+from policytune.core.params import ParamsError
 from stages import extract as E
 from stages import render as R
 

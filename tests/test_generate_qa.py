@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import stages.generate_qa as gq
-from policytune.llm import Backend, Completion, LocalBackend
-from policytune.records import read_json, read_jsonl, write_jsonl
+from policytune.lm.backends import Backend, Completion, LocalBackend
+from policytune.core.records import read_json, read_jsonl, write_jsonl
 from stages.generate_qa import (DEFAULT_PREFILL, GenerateQAConfig, QACache, build_messages, check_pair,
                                 evaluate_attempt, generate, near_duplicates, parse_output, token_overlap)
 
@@ -459,7 +459,7 @@ def test_stage_main_with_tiny_teacher(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_unknown_params_key_is_an_error(tmp_path, monkeypatch):
-    from policytune.params import ParamsError, load_section
+    from policytune.core.params import ParamsError, load_section
 
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(yaml.safe_dump({"generate_qa": {"n_pair": 3}}))

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policytune import judge_llm as jl
-from policytune.llm import Backend, Completion, LocalBackend, OpenAIConfig
-from policytune.records import read_json, read_jsonl, write_jsonl
+from policytune.evaluation import judge_llm as jl
+from policytune.lm.backends import Backend, Completion, LocalBackend, OpenAIConfig
+from policytune.core.records import read_json, read_jsonl, write_jsonl
 from stages import judge as stage
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -552,7 +552,7 @@ def test_prefix_cache_gives_the_same_probabilities_as_a_full_pass(tiny_judge_dir
 
 def test_concurrent_api_judge_gives_the_same_rows(tmp_path, openai_server):
     """openai.concurrency > 1: judgements run in parallel (own GEval/wrapper per worker), same output."""
-    from policytune.llm import OpenAIBackend
+    from policytune.lm.backends import OpenAIBackend
 
     port = openai_server.server_address[1]
     outs = []

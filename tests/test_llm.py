@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from policytune.llm import (BackendError, BedrockBackend, BedrockConfig, LocalBackend, OpenAIBackend,
+from policytune.lm.backends import (BackendError, BedrockBackend, BedrockConfig, LocalBackend, OpenAIBackend,
                             OpenAIConfig, dir_fingerprint, make_backend)
 
 # --------------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def tiny_backend(tiny_model_dir):
 
 
 def test_local_batched_equals_one_at_a_time(tiny_model_dir, tiny_backend):
-    """Greedy: continuous batching over the whole call (policytune.generation.decode_greedy)
+    """Greedy: continuous batching over the whole call (policytune.lm.generation.decode_greedy)
     gives each prompt exactly what it gets alone, and what model.generate gives it."""
     one = LocalBackend(tiny_model_dir, dtype="float32", batch_size=1, device="cpu",
                        model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
@@ -240,7 +240,7 @@ def test_openai_no_key_sends_no_header_and_prefill_continues(chat_server, monkey
 
 def test_openai_429_then_200_is_retried(chat_server, caplog):
     b = _openai(chat_server.url, "flaky")
-    with caplog.at_level(logging.WARNING, logger="policytune.llm"):
+    with caplog.at_level(logging.WARNING, logger="policytune.lm.backends"):
         out = b.chat([[{"role": "user", "content": "q"}]], max_new_tokens=8)[0]
     assert out.text == "echo:q"
     assert chat_server.counts["flaky"] == 2 and b.stats["retries"] == 1
@@ -355,7 +355,7 @@ def test_bedrock_converse_request_shape(bedrock_env):
 
 def test_bedrock_throttling_is_retried(bedrock_env, caplog):
     b = _bedrock(bedrock_env.url, "throttle-once")
-    with caplog.at_level(logging.WARNING, logger="policytune.llm"):
+    with caplog.at_level(logging.WARNING, logger="policytune.lm.backends"):
         out = b.chat([[{"role": "user", "content": "q"}]], max_new_tokens=16)[0]
     assert out.text == "hello from bedrock"
     assert bedrock_env.counts["throttle-once"] == 2 and b.stats["retries"] == 1
@@ -390,7 +390,7 @@ def test_int8_quantize_is_opt_in_and_changes_the_cache_identity(tiny_model_dir):
     chat contract, and is part of the fingerprint (cached float replies are not reused)."""
     import torch
 
-    from policytune.models import resolve_quantize
+    from policytune.lm.loading import resolve_quantize
 
     assert resolve_quantize("auto", "cpu", torch.float32) == "int8"
     assert resolve_quantize("auto", "cpu", torch.bfloat16) == "none"

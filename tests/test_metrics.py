@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policytune import metrics as M
-
+from policytune.evaluation import metrics as M
 REF = "Employees must submit expense claims within 30 days of the purchase date."
 PARA = "Staff have to file their expense claims no later than 30 days after buying."
 UNREL = "The cafeteria serves vegetarian lunch on Fridays between noon and two."

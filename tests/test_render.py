@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policytune import records
+from policytune.core import records
 from stages import render as R
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from policytune import metrics as M
-from policytune.records import write_json, write_jsonl
+from policytune.evaluation import metrics as M
+from policytune.core.records import write_json, write_jsonl
 from stages import report as R
 from stages.evaluate import COMPARISONS, METRICS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from policytune.review import eval_table
+from policytune.tools.review import eval_table
 
 
 def test_eval_table_verdicts_follow_metric_direction(tmp_path):
@@ -28,7 +28,7 @@ def test_eval_table_verdicts_follow_metric_direction(tmp_path):
 
 
 def test_metrics_diff_headline_rows_first_full_table_collapsed():
-    from policytune.review import split_metrics_diff
+    from policytune.tools.review import split_metrics_diff
 
     md = """| Path | Metric | main | workspace | Change |
 |------|--------|------|-----------|--------|

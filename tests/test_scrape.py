@@ -23,8 +23,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policytune import records
-from policytune.params import ParamsError, load_section
+from policytune.core import records
+from policytune.core.params import ParamsError, load_section
 from stages import scrape as S
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policytune.params import ParamsError
-from policytune.records import read_json, read_jsonl, write_jsonl
+from policytune.core.params import ParamsError
+from policytune.core.records import read_json, read_jsonl, write_jsonl
 from stages import split as S
 
 

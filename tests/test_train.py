@@ -21,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policytune.chat import DEFAULT_SYSTEM_PROMPT, FALLBACK_CHAT_TEMPLATE, template_sha
+from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT, FALLBACK_CHAT_TEMPLATE, template_sha
 from stages import train as T
 
 REPO = Path(__file__).resolve().parent.parent
@@ -392,7 +392,7 @@ def test_max_length_shorter_than_prompt_fails_the_stage(tiny_model_dir, tmp_path
 
 
 def test_unknown_param_and_bad_scheduler_are_rejected(tiny_model_dir, tmp_path, monkeypatch):
-    from policytune.params import ParamsError
+    from policytune.core.params import ParamsError
     monkeypatch.chdir(make_workspace(tmp_path, tiny_model_dir, lr_schedule="cosine"))
     with pytest.raises(ParamsError, match="lr_schedule"):
         T.main(["--params", "params.yaml"])

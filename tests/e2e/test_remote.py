@@ -5,15 +5,14 @@ mid-way, wrong credentials), with every object kept under the configured prefix.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import run, stages_run
-from policytune.s3local import SeaweedFS, configure_dvc_remote
+from tests.helpers.repo import run, stages_run
+from policytune.tools.s3local import SeaweedFS, configure_dvc_remote
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ save results as they come (a killed run resumes from there).
 - ``local``: a transformers causal LM from a model folder (``models/teacher``). Prompts are
   rendered with the tokenizer's chat template. Greedy (``temperature == 0``): continuous
   batching over the whole call with ``batch_size`` slots and the prompts' common prefix
-  prefilled once (:func:`policytune.generation.decode_greedy`). Sampling: seeded
+  prefilled once (:func:`policytune.lm.generation.decode_greedy`). Sampling: seeded
   ``model.generate`` on length-sorted, left-padded static batches. Loaded
-  through :mod:`policytune.models` (dtype "auto": bf16 where it runs natively, else float32). The model is loaded on the first ``chat``,
+  through :mod:`policytune.lm.loading` (dtype "auto": bf16 where it runs natively, else float32). The model is loaded on the first ``chat``,
   so a run served entirely from a cache never loads it.
 - ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp server,
   Ollama, OpenAI). The API key is read from the environment variable named in params, never
@@ -47,11 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from policytune.generation import decode_greedy, split_stop
-from policytune.models import QUANTIZE, quantize_int8, resolve_dtype, resolve_quantize, saved_dtype
-from policytune.records import read_json, sha256_file, sha256_text, stable_id, write_json
+from policytune.lm.generation import decode_greedy, split_stop
+from policytune.lm.loading import QUANTIZE, quantize_int8, resolve_dtype, resolve_quantize
+from policytune.lm.catalog import saved_dtype
+from policytune.core import hashing
+from policytune.core.records import sha256_text
 
-log = logging.getLogger("policytune.llm")
+log = logging.getLogger("policytune.lm.backends")
 
 Messages = list[dict]
 OnResult = Callable[[int, "Completion"], None]  # (index in the batch, its completion), as each finishes
@@ -171,43 +173,13 @@ def _run_concurrently(fn: Callable[[int], Completion], n: int, concurrency: int,
 # local
 
 
-def _file_sha_memo() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "policytune" / "file_sha256.json"
-
-
 def dir_fingerprint(path: str | Path) -> str:
-    """sha256 over (relative path, file sha256) of every file in a model folder.
-
-    File hashes are memoised by (real path, size, mtime) in ~/.cache/policytune so a 3 GB
-    teacher is hashed once per checkout, not on every run.
-    """
+    """sha256 naming a model folder's contents (:func:`policytune.core.hashing.dir_fingerprint`)."""
     path = Path(path)
     if not path.is_dir():
         raise BackendError(f"model folder {path} not found; run `dvc repro prepare_models` "
                            f"(or point model_dir at a local Hugging Face model folder)")
-    memo_path = _file_sha_memo()
-    try:
-        memo = read_json(memo_path) if memo_path.exists() else {}
-    except Exception:
-        memo = {}
-    changed = False
-    parts = []
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        st = f.stat()
-        mkey = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        digest = memo.get(mkey)
-        if digest is None:
-            digest = sha256_file(f)
-            memo[mkey] = digest
-            changed = True
-        parts.append((f.relative_to(path).as_posix(), digest))
-    if changed:
-        try:
-            write_json(memo_path, memo)
-        except OSError:  # a read-only home is no reason to fail
-            pass
-    return stable_id(parts, n=64)
+    return hashing.dir_fingerprint(path)
 
 
 class LocalBackend(Backend):
@@ -249,7 +221,7 @@ class LocalBackend(Backend):
         import torch
         from transformers import GenerationConfig
 
-        from policytune.models import ensure_pad_token, load_causal_lm, load_tokenizer
+        from policytune.lm.loading import ensure_pad_token, load_causal_lm, load_tokenizer
 
         if not Path(self.model_dir).is_dir() and (self._model is None or self._tok is None):
             raise BackendError(f"model folder {self.model_dir} not found; run `dvc repro prepare_models` "
@@ -261,7 +233,7 @@ class LocalBackend(Backend):
         tok = self._tok or load_tokenizer(self.model_dir, padding_side="left")
         if not getattr(tok, "chat_template", None):
             raise BackendError(f"{self.model_dir}: tokenizer has no chat template; "
-                               f"prepare_models must write one (policytune.chat.FALLBACK_CHAT_TEMPLATE)")
+                               f"prepare_models must write one (policytune.lm.chat_format.FALLBACK_CHAT_TEMPLATE)")
         tok.padding_side = "left"
         ensure_pad_token(tok)
         model = self._model

@@ -15,7 +15,7 @@ Each step the worker
 1. admits waiting requests while fewer than ``max_batch`` rows decode: their prompts are
    prefilled together (left-padded) and their KV caches merged into the running batch, so a new
    question never waits for the answers already being written to finish;
-2. runs one decode step for every row (explicit positions per row, as in :mod:`policytune.generation`,
+2. runs one decode step for every row (explicit positions per row, as in :mod:`policytune.lm.generation`,
    so each answer is computed as if decoded alone) and picks each row's next token: greedy at temperature 0, else sampled from
    the row's own seeded generator;
 3. hands each token to its reply's streamer (a per-request queue: a consumer that reads slowly,
@@ -35,9 +35,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
-from policytune.generation import grow_in_place, left_pad, merge_batches
+from policytune.lm.generation import grow_in_place, left_pad, merge_batches
 
-log = logging.getLogger("policytune.engine")
+log = logging.getLogger("policytune.lm.engine")
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 

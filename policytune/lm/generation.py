@@ -1,6 +1,6 @@
 """Greedy decoding with continuous batching and a shared-prompt-prefix KV cache.
 
-Used by the teacher (``policytune.llm.LocalBackend``), the evaluate stage and the chat engine.
+Used by the teacher (``policytune.lm.backends.LocalBackend``), the evaluate stage and the chat engine.
 On a CPU the two costs of generation are the prompt's prefill (compute-bound: every prompt
 token costs about 2 x params FLOPs) and the decode steps (one forward per new token for the
 whole batch). This module removes the two kinds of waste a plain ``model.generate`` on static

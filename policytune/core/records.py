@@ -92,3 +92,16 @@ def write_json(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def flatten(d: Any, prefix: str = "", scalars_only: bool = False) -> dict:
+    """Nested dicts -> ``{"a.b.c": value}`` (DVC's own way of naming nested metrics).
+    ``scalars_only``: keep numbers, strings, booleans and None; drop lists and other values."""
+    out: dict = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}.", scalars_only))
+    elif not scalars_only or isinstance(d, (int, float, str, bool)) or d is None:
+        out[prefix[:-1]] = d
+    return out
+

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from policytune.chat import template_sha
-from policytune.records import write_jsonl
+from policytune.lm.chat_format import template_sha
+from policytune.core.records import write_jsonl
 
 CHUNKS = [
     {"chunk_id": "c1", "doc_id": "d1", "url": "https://example.org/policies/expenses", "title": "Expenses policy",
@@ -38,7 +38,7 @@ CHUNKS = [
 
 
 def tiny_model_dir(config, tmp_path_factory) -> Path:
-    from conftest import tiny_model_path  # the tiny random Llama every model test shares
+    from tests.helpers.models import tiny_model_path  # the tiny random Llama every model test shares
 
     return tiny_model_path(config, tmp_path_factory)
 

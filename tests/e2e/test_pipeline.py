@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import run, stages_run
-from policytune.records import read_json, read_jsonl
+from tests.helpers.repo import run, stages_run
+from policytune.core.records import read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +36,15 @@ DIRECTION: dict[str, int] = {
     # LLM-judge metrics (judge stage), scores in 0..1
     "correctness": 1, "helpfulness": 1, "coherence": 1, "consistency": 1,
 }
+
+
+@dataclass
+class BootstrapConfig:
+    """Paired-bootstrap settings shared by evaluate, judge and report (``<section>.bootstrap``)."""
+    n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples for every CI"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+    ci: float = field(default=0.95, metadata={"help": "confidence level of the percentile intervals"})
+
 
 STATS = ("mean", "std", "min", "25%", "50%", "75%", "max")
 

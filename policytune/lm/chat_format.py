@@ -7,7 +7,7 @@ template so the evaluate stage can refuse an adapter trained under a different o
 
 from __future__ import annotations
 
-from policytune.records import sha256_text
+from policytune.core.records import sha256_text
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a policy assistant. Answer questions about the organisation's policies "

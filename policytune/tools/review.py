@@ -1,6 +1,6 @@
 """Pull-request review comment: what this branch changed against a base revision.
 
-    python -m policytune.review --base main --out review/      # or: make review BASE=main
+    python -m policytune.tools.review --base main --out review/      # or: make review BASE=main
 
 Writes ``review/comment.md`` (post it as the PR comment) and ``review/plots.html`` with one
 PNG per DVC plot (base vs branch drawn by matplotlib from ``dvc plots diff --json``, so the
@@ -18,9 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from policytune import metrics as M
-
-
+from policytune.evaluation import metrics as M
 def dvc(*args: str, cwd: Path) -> str:
     p = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
     if p.returncode != 0:

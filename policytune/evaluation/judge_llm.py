@@ -44,7 +44,7 @@ os.environ.setdefault("DEEPEVAL_DISABLE_DOTENV", "1")  # nor pick up settings fr
 
 from deepeval.models import DeepEvalBaseLLM  # noqa: E402
 
-from policytune.llm import Backend, LocalBackend  # noqa: E402
+from policytune.lm.backends import Backend, LocalBackend  # noqa: E402
 
 DEFAULT_SCORE_RANGE = (1, 5)
 # Prefix of every assistant reply the judge is asked to continue, per schema (GEval asks for
@@ -245,7 +245,7 @@ class _JudgeBase(DeepEvalBaseLLM):
 
 
 class TextJudge(_JudgeBase):
-    """Free-text judge over a :mod:`policytune.llm` backend, parsed into GEval's schemas with
+    """Free-text judge over a :mod:`policytune.lm.backends` backend, parsed into GEval's schemas with
     bounded retries; the outputs of every attempt go into :attr:`calls`."""
 
     scoring = "text"

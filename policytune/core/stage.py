@@ -1,0 +1,63 @@
+"""The one shape of a DVC stage entry point (``stages/<name>.py``)::
+
+    PATHS = {"input": "data/qa.jsonl", "stats": "data/stats/split.json"}   # the stage's paths, once
+
+    def main(argv: list[str] | None = None) -> int:
+        args = stage_parser(__doc__, "split", PATHS, SplitConfig).parse_args(argv)
+        cfg = load_section(SplitConfig, "split", args.params)
+        ...                                    # read inputs, call the library, write outputs
+        return 0
+
+    if __name__ == "__main__":
+        sys.exit(main())
+
+``--help`` prints the stage's docstring, one ``--<path>`` option per path (default: where
+dvc.yaml expects it) and every key of its ``params.yaml`` section with default and help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Mapping, Optional
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def params_help(cls: type, section: str, indent: str = "  ") -> list[str]:
+    """One line per key of ``section`` (nested dataclasses as dotted keys): default and help."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{section}.{f.name}"
+        if dataclasses.is_dataclass(hints.get(f.name)):
+            lines += params_help(hints[f.name], key, indent)
+            continue
+        text = f.metadata.get("help", "")
+        lines.append(f"{indent}{key} = {_default(f)!r}" + (f"  {text}" if text else ""))
+    return lines
+
+
+def stage_parser(doc: Optional[str], name: str, paths: Mapping[str, str] | None = None,
+                 config: type | None = None, section: Optional[str] = None) -> argparse.ArgumentParser:
+    """argparse parser of stage ``name``: ``--params``, one option per entry of ``paths``."""
+    doc = (doc or "").strip()
+    first, _, rest = doc.partition("\n")
+    epilog = rest.strip("\n")
+    if config is not None:
+        epilog += ("\n\n" if epilog else "") + f"params.yaml section '{section or name}':\n" + "\n".join(
+            params_help(config, section or name))
+    ap = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=first, epilog=epilog or None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
+    for key, default in (paths or {}).items():
+        ap.add_argument(f"--{key.replace('_', '-')}", dest=key, default=str(default),
+                        help=f"default: {default}")
+    return ap

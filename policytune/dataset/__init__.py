@@ -1,0 +1,1 @@
+"""Layer 3 — dataset: chunks -> QA pairs (prompt, parse, gates) -> splits -> augmented train rows."""
