@@ -4,7 +4,7 @@
     python bench/bench_chat.py out.json --base-only                # the base model (no adapter)
     python bench/bench_chat.py out.json --model-dir DIR --adapter-dir DIR --max-tokens 16 --rounds 1
 
-Starts ``python -m stages.serve`` on a free 127.0.0.1 port in its own process (as a user runs it;
+Starts ``python -m policytune.app.serve`` on a free 127.0.0.1 port in its own process (as a user runs it;
 RAG off), waits for its "serving ... on http://..." line, sends one warm-up request, then for each
 concurrency level in --clients runs --rounds rounds of that many streaming requests at once
 (distinct questions, greedy, ``stream_options.include_usage``), and stops the server by its pid.
@@ -51,7 +51,7 @@ def questions(n: int) -> tuple[list[str], str]:
 
 
 def start_server(args, log_path: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "stages.serve", "--port", "0", "--no-rag", "--model-dir", args.model_dir,
+    cmd = [sys.executable, "-m", "policytune.app.serve", "--port", "0", "--no-rag", "--model-dir", args.model_dir,
            "--max-batch", str(args.max_batch), "--max-tokens-limit", str(max(args.max_tokens, 1))]
     cmd += ["--base"] if args.base_only else ["--adapter-dir", args.adapter_dir]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}

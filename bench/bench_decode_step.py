@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from policytune.lm.generation import grow_in_place  # noqa: E402
-from policytune.lm.loading import load_causal_lm, quantize_int8, resolve_dtype
-from policytune.lm.catalog import saved_dtype# noqa: E402
 from policytune.core.records import write_json  # noqa: E402
+from policytune.lm.catalog import saved_dtype  # noqa: E402
+from policytune.lm.generation import grow_in_place  # noqa: E402
+from policytune.lm.loading import load_causal_lm, quantize_int8, resolve_dtype  # noqa: E402
 
 
 def measure(model, prompt_len: int, context: int, batch_sizes: list[int], steps: int) -> dict:

@@ -1,6 +1,6 @@
 """Evaluation-generation throughput: one question at a time vs length-sorted left-padded batches.
 
-Every run uses the evaluate stage's own code path (``stages.evaluate.generate``), the same model,
+Every run uses the evaluate stage's own code path (``policytune.evaluation.answers.generate``), the same model,
 chat template, system prompt, questions and greedy generation params, measured side by side in
 one process: one question at a time (``model.generate``, batch 1), then for each batch size
 static batches (``model.generate`` on length-sorted left-padded batches) and continuous batching
@@ -32,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 from policytune.core.records import read_jsonl, write_json  # noqa: E402
-from stages import evaluate as E  # noqa: E402
+from policytune.evaluation.answers import build_prompts, generate  # noqa: E402
+from policytune.lm.adapters import load_lm, load_tok  # noqa: E402
 
 
 def questions(n: int) -> tuple[list[dict], str]:
@@ -46,7 +47,7 @@ def questions(n: int) -> tuple[list[dict], str]:
 
 def run(model, tok, prompts, gen, batch_size: int, batching: str = "static") -> dict:
     t0, c0 = time.monotonic(), time.process_time()
-    outs = E.generate(model, tok, prompts, gen, batch_size, batching=batching)
+    outs = generate(model, tok, prompts, gen, batch_size, batching=batching)
     dt, cpu = time.monotonic() - t0, time.process_time() - c0
     tokens = sum(o["n_tokens"] for o in outs)
     return {"batch_size": batch_size, "batching": batching, "seconds": round(dt, 2), "cpu_seconds": round(cpu, 2),
@@ -74,12 +75,12 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, source = questions(args.n)
-    tok = E.load_tok(args.model)
-    model = E.load_lm(args.model, dtype=args.dtype)
-    prompts = E.build_prompts(rows, DEFAULT_SYSTEM_PROMPT)
+    tok = load_tok(args.model)
+    model = load_lm(args.model, dtype=args.dtype)
+    prompts = build_prompts(rows, DEFAULT_SYSTEM_PROMPT)
     gen = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
     load_before = os.getloadavg()
-    E.generate(model, tok, prompts[:2], {**gen, "max_new_tokens": 4}, 2)  # warm-up (allocator, kernels)
+    generate(model, tok, prompts[:2], {**gen, "max_new_tokens": 4}, 2)  # warm-up (allocator, kernels)
 
     single = run(model, tok, prompts, gen, 1)
     batched = [run(model, tok, prompts, gen, int(b), mode) for b in args.batch_sizes.split(",") if b.strip()

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["DEEPEVAL_TELEMETRY_OPT_OUT"] = "YES"
 
 from policytune.core.records import read_jsonl, write_json  # noqa: E402
-from stages import judge as stage  # noqa: E402
+from policytune.evaluation import judge as J  # noqa: E402
 
 VAGUE = [
     "It depends on the situation; please check the relevant policy for details.",
@@ -75,28 +75,28 @@ def auc(pos: list[float], neg: list[float]) -> float | None:
 
 def bench_one(model_dir: str, items: list[dict], metrics: list[str], scoring: str, dtype: str, quantize: str,
               max_retries: int, prompt: str = "compact") -> dict:
-    cfg = stage.JudgeConfig(
+    cfg = J.JudgeConfig(
         backend="local", model_dir=model_dir, scoring=scoring, dtype=dtype, quantize=quantize, max_retries=max_retries, prompt=prompt,
-        metrics={m: stage.DEFAULT_METRICS[m] for m in metrics},
-        evaluation_params={m: stage.DEFAULT_EVALUATION_PARAMS[m] for m in metrics}, bootstrap=200)
-    judge = stage.build_judge(cfg)
+        metrics={m: J.DEFAULT_METRICS[m] for m in metrics},
+        evaluation_params={m: J.DEFAULT_EVALUATION_PARAMS[m] for m in metrics}, bootstrap=200)
+    judge = J.build_judge(cfg)
     t0 = time.monotonic()
     judge.backend.load()
     load_s = time.monotonic() - t0
     contexts = {it["qa_id"]: (it["reference"], "reference") for it in items}  # FAQ: the reference is the source
     with tempfile.TemporaryDirectory() as cache_dir:
-        cache = stage.JudgeCache(cache_dir)
+        cache = J.judge_cache(cache_dir)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.monotonic()
         # steps first (timed apart: a one-off per metric, cached by the stage)
         counters = {"model_calls": 0, "steps_cache_hits": 0}
-        ident = stage._judge_identity(judge, cfg)
-        for spec in stage.metric_specs(cfg):
-            stage.evaluation_steps(spec, cfg, judge, cache, ident, counters)
+        ident = J._judge_identity(judge, cfg)
+        for spec in J.metric_specs(cfg):
+            J.evaluation_steps(spec, cfg, judge, cache, ident, counters)
         steps_s = time.monotonic() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         t1 = time.monotonic()
-        rows, summary, stats = stage.judge_answers(items, contexts, cfg, judge, cache)
+        rows, summary, stats = J.judge_answers(items, contexts, cfg, judge, cache)
         wall = time.monotonic() - t1
         cpu2 = resource.getrusage(resource.RUSAGE_SELF)
     judged = stats["counts"]["judged"]
@@ -108,7 +108,7 @@ def bench_one(model_dir: str, items: list[dict], metrics: list[str], scoring: st
            "cpu_s_per_judgement": round(cpu / max(1, judged), 3),
            "failures": stats["counts"]["failures"], "retried": stats["counts"]["retried"],
            "evaluation_steps": stats["evaluation_steps"], "judge_stats": stats["judge_stats"], "metrics": {}}
-    for spec in stage.metric_specs(cfg):
+    for spec in J.metric_specs(cfg):
         by = {g: [r["score"] for r in rows if r["metric"] == spec["name"] and r["model"] == g]
               for g in ("exact", "wrong", "vague")}
         mean = {g: (round(sum(v for v in s if v is not None) / max(1, sum(v is not None for v in s)), 3)) for g, s in by.items()}

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from policytune.core.params import load_section  # noqa: E402
 from policytune.lm.backends import Backend, Completion, LocalBackend, messages_sha  # noqa: E402
 from policytune.core.records import read_jsonl, stable_id, write_json  # noqa: E402
-from stages.generate_qa import (GenerateQAConfig, QACache, build_messages, generate,  # noqa: E402
-                                parse_output, evaluate_attempt)
+from policytune.dataset.qa import GenerateQAConfig, build_messages, evaluate_attempt, parse_output  # noqa: E402
+from policytune.dataset.qa_generate import generate, qa_cache  # noqa: E402
 
 
 def chunks_from_site(site: Path, words: int = 180) -> list[dict]:
@@ -200,7 +200,7 @@ def main() -> int:
     real = LocalBackend(args.model_dir, dtype=args.dtype, batch_size=cfg.batch_size, model=base.model, tokenizer=tok)
     replay = Replay(real, recorded)
     t0 = time.monotonic()
-    res = generate(chunks, cfg, replay, QACache(cache_dir))
+    res = generate(chunks, cfg, replay, qa_cache(cache_dir))
     gates_s = time.monotonic() - t0
     by_chunk = {c["chunk_id"]: c for c in chunks}
     pairs = [{"question": r["question"], "answer": r["answer"], "grounding": r["grounding"],

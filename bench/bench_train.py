@@ -4,8 +4,8 @@
 
 (a) naive baseline, as in the reference study's example: HF ``Trainer``, every example padded
     to ``max_length`` (512), fp32, batch of 4, LoRA r=8 on q/v, loss on assistant tokens;
-(b) the train stage's own loop (:func:`stages.train.fit`) with the ``train`` defaults of
-    :class:`stages.train.TrainConfig` (length-grouped token-budget batches, shared prefix run
+(b) the train stage's own loop (:func:`policytune.training.loop.fit`) with the ``train`` defaults of
+    :class:`policytune.training.config.TrainConfig` (length-grouped token-budget batches, shared prefix run
     once, logits only at labelled positions, bf16 where native else fp32).
 
 Both train on the same rows: data/augment/train.jsonl if it exists, else synthetic policy-like
@@ -38,7 +38,11 @@ import torch  # noqa: E402
 
 from policytune.lm.chat_format import to_messages  # noqa: E402
 from policytune.core.records import read_jsonl  # noqa: E402
-from stages import train as T  # noqa: E402
+from policytune.training.config import TrainConfig  # noqa: E402
+from policytune.training.dist import Dist  # noqa: E402
+from policytune.training.encode import IGNORE, encode_rows  # noqa: E402
+from policytune.training.loop import fit  # noqa: E402
+from policytune.training.lora import add_lora, compile_layers, load_base_model, load_tokenizer  # noqa: E402
 
 
 def load_state() -> dict:
@@ -143,14 +147,14 @@ def run_naive(base_dir: str, examples: list, pad_id: int, seconds: float, max_le
         n = len(e.input_ids)
         data.append({"input_ids": e.input_ids + [pad_id] * (max_length - n),
                      "attention_mask": [1] * n + [0] * (max_length - n),
-                     "labels": e.labels + [T.IGNORE] * (max_length - n)})
+                     "labels": e.labels + [IGNORE] * (max_length - n)})
     log = []
 
     class Counting(Trainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
             lab = inputs["labels"]
             # loss-bearing tokens of this batch (HF shifts labels by one inside the model)
-            log.append({"useful": int((lab[:, 1:] != T.IGNORE).sum()),
+            log.append({"useful": int((lab[:, 1:] != IGNORE).sum()),
                         "nonpad": int(inputs["attention_mask"].sum())})
             return super().compute_loss(model, inputs, *args, **kwargs)
 
@@ -181,16 +185,16 @@ def run_naive(base_dir: str, examples: list, pad_id: int, seconds: float, max_le
 # (b) the train stage's loop
 # ---------------------------------------------------------------------------------------------
 
-def run_ours(base_dir: str, examples: list, pad_id: int, seconds: float, cfg: T.TrainConfig) -> dict:
-    model = T.load_base_model(base_dir, cfg.dtype, torch.device("cpu"))
+def run_ours(base_dir: str, examples: list, pad_id: int, seconds: float, cfg: TrainConfig) -> dict:
+    model = load_base_model(base_dir, cfg.dtype, torch.device("cpu"))
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    model = T.add_lora(model, cfg.lora, cfg.seed)
+    model = add_lora(model, cfg.lora, cfg.seed)
     if cfg.compile:
-        T.compile_layers(model)
+        compile_layers(model)
     cfg.epochs = 1000  # never run out of data inside the time window
     cfg.eval_every_steps = 10 ** 9
     cfg.early_stopping.patience = 0
-    res = T.fit(model, examples, lambda: 0.0, cfg, T.Dist(), pad_id, time_limit_s=seconds)
+    res = fit(model, examples, lambda: 0.0, cfg, Dist(), pad_id, time_limit_s=seconds)
     curve = res.state.curve_train
     first, last = curve[0], curve[-1]
     dt = last["train_time_s"] - first["train_time_s"]
@@ -225,16 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["bf16_native"] = bf16_supported("cpu")
     result["load"]["start"] = load_state()
 
-    cfg = T.TrainConfig()
+    cfg = TrainConfig()
     if args.batch_tokens:
         cfg.batch_tokens = args.batch_tokens
     cfg.compile, cfg.share_prefix = args.compile, not args.no_share_prefix
-    tokenizer = T.load_tokenizer(args.base)
+    tokenizer = load_tokenizer(args.base)
     if Path(args.data).is_file():
         rows, source = read_jsonl(args.data)[: args.rows], args.data
     else:
         rows, source = synthetic_rows(args.rows), "synthetic (sample FAQ + templated policy QA)"
-    examples, _ = T.encode_rows(tokenizer, rows, 512, "drop", "bench")
+    examples, _ = encode_rows(tokenizer, rows, 512, "drop", "bench")
     lengths = [len(e.input_ids) for e in examples]
     result["data"] = {"source": source, "rows": len(examples),
                       "mean_tokens": round(sum(lengths) / len(lengths), 1),

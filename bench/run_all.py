@@ -33,7 +33,7 @@ import yaml
 
 from policytune.core.params import load_section
 from policytune.core.records import read_jsonl, write_json, write_jsonl
-from stages.generate_qa import GenerateQAConfig
+from policytune.dataset.qa import GenerateQAConfig
 
 PY = sys.executable
 

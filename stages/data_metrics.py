@@ -14,35 +14,19 @@ import sys
 from pathlib import Path
 
 from policytune.core.progress import get_logger
-from policytune.core.records import read_json, write_json
+from policytune.core.records import write_json
+from policytune.core.stage import stage_parser
+from policytune.report.data_metrics import gather
 
-STAGES = ["scrape", "render", "extract", "generate_qa", "split", "augment"]
-
-
-def numeric_only(obj):
-    """Keep numbers (and bools as 0/1) from nested dicts; drop everything else."""
-    if isinstance(obj, bool):
-        return int(obj)
-    if isinstance(obj, (int, float)):
-        return obj
-    if isinstance(obj, dict):
-        out = {str(k): numeric_only(v) for k, v in obj.items()}
-        return {k: v for k, v in out.items() if v is not None and v != {}}
-    return None
+PATHS = {"stats_dir": "data/stats", "out": "metrics/data.json"}
 
 
-def gather(stats_dir: Path, stages: list[str] = STAGES) -> dict:
-    missing = [s for s in stages if not (stats_dir / f"{s}.json").exists()]
-    if missing:
-        raise FileNotFoundError(f"missing stage stats: {', '.join(missing)} in {stats_dir}; run `dvc repro` first")
-    return {s: numeric_only(read_json(stats_dir / f"{s}.json")) for s in stages}
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser(__doc__, "data_metrics", PATHS).parse_args(argv)
     log = get_logger("data_metrics")
-    metrics = gather(Path("data/stats"))
-    write_json("metrics/data.json", metrics)
-    log.info("wrote metrics/data.json (%d stages)", len(metrics))
+    metrics = gather(Path(args.stats_dir))
+    write_json(args.out, metrics)
+    log.info("wrote %s (%d stages)", args.out, len(metrics))
     return 0
 
 

@@ -38,560 +38,40 @@ counted in the stats).
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
-import time
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
-from typing import Optional
 
 os.environ["DEEPEVAL_TELEMETRY_OPT_OUT"] = "YES"  # deepeval must never phone home
 os.environ.setdefault("DEEPEVAL_DISABLE_DOTENV", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from policytune.lm.backends import BedrockConfig, OpenAIConfig  # noqa: E402
 from policytune.core.params import ParamsError, load_section, to_dict  # noqa: E402
-from policytune.core.progress import Progress, get_logger  # noqa: E402
-from policytune.core.records import read_json, read_jsonl, stable_id, write_json, write_jsonl  # noqa: E402
+from policytune.core.progress import get_logger  # noqa: E402
+from policytune.core.records import read_jsonl, write_json, write_jsonl  # noqa: E402
+from policytune.core.stage import stage_parser  # noqa: E402
+from policytune.evaluation.judge import (JudgeConfig, JudgeStageError, build_judge, judge_answers,  # noqa: E402
+                                         judge_cache, load_contexts, log_results, metric_specs, rubric_items)
 
-ANSWERS_PATH = Path("data/eval/answers.jsonl")
-TEST_PATH = Path("data/split/test.jsonl")
-CHUNKS_PATH = Path("data/chunks.jsonl")
-SCORES_PATH = Path("data/judge/scores.jsonl")
-CACHE_DIR = Path("data/judge/cache")
-METRICS_PATH = Path("metrics/judge.json")
-STATS_PATH = Path("data/stats/judge.json")
-
-CACHE_VERSION = 1  # bump when a change makes old cached judgements invalid
+PATHS = {"answers": "data/eval/answers.jsonl", "test": "data/split/test.jsonl", "chunks": "data/chunks.jsonl",
+         "scores": "data/judge/scores.jsonl", "cache": "data/judge/cache", "metrics": "metrics/judge.json",
+         "stats": "data/stats/judge.json"}
 
 log = get_logger("judge")
 
-# The reference study's five DeepEval G-Eval metrics, with its criteria.
-DEFAULT_METRICS = {
-    "Correctness": "Determine whether the actual output is factually correct based on the expected output",
-    "Helpfulness": "Assess whether the response provides useful and relevant information to the user's query",
-    "Relevance": "Evaluate whether the response directly addresses the input query",
-    "Coherence": "Assess whether the response is logically structured and consistent",
-    "Consistency": "Evaluate whether the response contains only statements that are entailed by the source document",
-}
-DEFAULT_EVALUATION_PARAMS = {
-    "Correctness": ["input", "actual_output", "expected_output"],
-    "Helpfulness": ["input", "actual_output"],
-    "Relevance": ["input", "actual_output"],
-    "Coherence": ["input", "actual_output"],
-    "Consistency": ["actual_output", "context"],
-}
-# One digit per level (the probability scorer reads one token), so 1..5 rather than GEval's 0..10.
-DEFAULT_RUBRIC = {
-    1: "The response does not meet the criterion at all.",
-    2: "The response meets the criterion poorly, with major problems.",
-    3: "The response partly meets the criterion, with noticeable problems.",
-    4: "The response mostly meets the criterion, with minor problems.",
-    5: "The response fully meets the criterion.",
-}
-PARAM_NAMES = ("input", "actual_output", "expected_output", "context")
-# (key prefix in metrics/judge.json, treatment, control): paired over qa_id when both are present.
-COMPARISONS = (("delta", "finetuned", "base"), ("delta_rag", "finetuned_rag", "base_rag"))
 
-
-@dataclass
-class JudgeConfig:
-    backend: str = field(default="local", metadata={"help": "local | openai | bedrock"})
-    model_dir: str = field(default="models/judge", metadata={"help": "local judge model folder (backend: local)"})
-    dtype: str = field(default="auto", metadata={"help": "local: auto | float32 | bfloat16 | float16"})
-    device: str = field(default="auto", metadata={"help": "local: auto | cpu | cuda"})
-    quantize: str = field(default="none", metadata={
-        "help": "local: none | int8 | auto (int8 Linear layers on a float32 CPU; changes the scores slightly)"})
-    prompt: str = field(default="compact", metadata={
-        "help": "GEval results prompt: compact (G-Eval paper shape: criteria, steps, rubric, test case, "
-                "score first; via GEval's evaluation_template hook) | deepeval (deepeval's default template)"})
-    scoring: str = field(default="auto", metadata={
-        "help": "probabilities (score = expected value over the score tokens; local only) | text "
-                "(free-text JSON, parsed and retried) | auto: probabilities for local, text otherwise"})
-    openai: OpenAIConfig = field(default_factory=OpenAIConfig, metadata={"help": "backend: openai"})
-    bedrock: BedrockConfig = field(default_factory=BedrockConfig, metadata={"help": "backend: bedrock"})
-    metrics: dict = field(default_factory=lambda: dict(DEFAULT_METRICS), metadata={
-        "help": "G-Eval metric name -> criteria text"})
-    evaluation_params: dict = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_EVALUATION_PARAMS.items()},
-                                    metadata={"help": "metric name -> test-case fields the judge sees "
-                                                      "(input, actual_output, expected_output, context)"})
-    evaluation_steps: dict = field(default_factory=dict, metadata={
-        "help": "metric name -> fixed list of evaluation steps; metrics not listed get steps "
-                "generated once by the judge from the criteria (cached)"})
-    rubric: dict = field(default_factory=lambda: dict(DEFAULT_RUBRIC), metadata={
-        "help": "score -> description; consecutive integers, single digits for probability scoring"})
-    max_retries: int = field(default=2, metadata={"help": "re-asks after a malformed judge output; then a counted failure"})
-    temperature: float = field(default=0.0, metadata={"help": "judge sampling temperature (0 = deterministic)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "cap on generated tokens (text scoring, evaluation steps)"})
-    seed: int = field(default=0, metadata={"help": "judge seed and bootstrap seed"})
-    limit: int = field(default=0, metadata={"help": "judge only the first N questions (all models); 0 = all"})
-    models: list = field(default_factory=list, metadata={"help": "answer models to judge; empty = all in answers"})
-    bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples for the delta CIs"})
-    ci: float = field(default=0.95, metadata={"help": "confidence level of the CIs"})
-
-
-class JudgeStageError(RuntimeError):
-    """Input or configuration the judge stage cannot work with."""
-
-
-# ---------------------------------------------------------------------------------------------
-# configuration checks
-
-
-def metric_key(name: str) -> str:
-    """Metric name -> key in metrics/judge.json ("Correctness" -> "correctness")."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def scoring_mode(cfg: JudgeConfig) -> str:
-    if cfg.scoring == "auto":
-        return "probabilities" if cfg.backend == "local" else "text"
-    if cfg.scoring not in ("probabilities", "text"):
-        raise ParamsError(f"judge.scoring must be auto | probabilities | text, got {cfg.scoring!r}")
-    if cfg.scoring == "probabilities" and cfg.backend != "local":
-        raise ParamsError("judge.scoring: probabilities needs backend: local (API judges give no score-token "
-                          "probabilities here); use scoring: text")
-    return cfg.scoring
-
-
-def rubric_items(cfg: JudgeConfig) -> list[tuple[int, str]]:
+def _load_config(params: str | None) -> tuple[JudgeConfig, list[dict]]:
     try:
-        items = sorted((int(k), str(v)) for k, v in cfg.rubric.items())
-    except (TypeError, ValueError):
-        raise ParamsError(f"judge.rubric keys must be integers, got {list(cfg.rubric)}") from None
-    scores = [s for s, _ in items]
-    if len(scores) < 2 or scores != list(range(scores[0], scores[-1] + 1)) or not 0 <= scores[0] < scores[-1] <= 10:
-        raise ParamsError(f"judge.rubric needs at least two consecutive integer scores in 0..10, got {scores}")
-    if scoring_mode(cfg) == "probabilities" and scores[-1] > 9:
-        raise ParamsError("judge.rubric: probability scoring reads one digit token; use scores 0..9")
-    return items
-
-
-def metric_specs(cfg: JudgeConfig) -> list[dict]:
-    """[{name, key, criteria, params}] in params order, checked."""
-    if not cfg.metrics:
-        raise ParamsError("judge.metrics is empty")
-    specs, keys = [], set()
-    for name, criteria in cfg.metrics.items():
-        if not isinstance(criteria, str) or not criteria.strip():
-            raise ParamsError(f"judge.metrics.{name}: criteria must be a non-empty string")
-        params = cfg.evaluation_params.get(name)
-        if params is None:
-            raise ParamsError(f"judge.evaluation_params.{name} is missing: list the fields the judge sees "
-                              f"for this metric ({', '.join(PARAM_NAMES)})")
-        bad = [p for p in params if p not in PARAM_NAMES]
-        if bad or not params:
-            raise ParamsError(f"judge.evaluation_params.{name}: {bad or 'empty'}; choose from {', '.join(PARAM_NAMES)}")
-        steps = cfg.evaluation_steps.get(name)
-        if steps is not None and (not isinstance(steps, list) or not all(isinstance(s, str) and s.strip() for s in steps)):
-            raise ParamsError(f"judge.evaluation_steps.{name} must be a list of non-empty strings")
-        key = metric_key(name)
-        if key in keys:
-            raise ParamsError(f"judge.metrics: two metrics map to the key {key!r}")
-        keys.add(key)
-        specs.append({"name": name, "key": key, "criteria": criteria.strip(), "params": list(params),
-                      "steps": list(steps) if steps else None})
-    unknown = sorted(set(cfg.evaluation_steps) - set(cfg.metrics))
-    if unknown:
-        raise ParamsError(f"judge.evaluation_steps names unknown metric(s) {unknown}; metrics: {list(cfg.metrics)}")
-    return specs
-
-
-# ---------------------------------------------------------------------------------------------
-# cache
-
-
-class JudgeCache:
-    """One JSON file per key under ``root/<key[:2]>/``, written atomically (a killed run loses at
-    most the judgement in flight)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> Optional[dict]:
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        try:
-            return read_json(p)
-        except (OSError, ValueError):
-            log.warning("unreadable cache entry %s; judging again", p)
-            return None
-
-    def put(self, key: str, record: dict) -> None:
-        write_json(self.path(key), record)
-
-
-# ---------------------------------------------------------------------------------------------
-# inputs
-
-
-def load_contexts(answers: list[dict], test_rows: Optional[list[dict]], chunks: Optional[list[dict]]) -> dict[str, tuple[str, str]]:
-    """qa_id -> (source document, where from: chunk | reference)."""
-    chunk_of = {r["qa_id"]: r.get("chunk_id") for r in (test_rows or []) if "qa_id" in r}
-    text_of = {c["chunk_id"]: c.get("text", "") for c in (chunks or []) if "chunk_id" in c}
-    out = {}
-    for a in answers:
-        cid = chunk_of.get(a["qa_id"])
-        text = text_of.get(cid) if cid else None
-        out[a["qa_id"]] = (text, "chunk") if text else (a.get("reference") or "", "reference")
-    return out
-
-
-def select_answers(answers: list[dict], cfg: JudgeConfig) -> list[dict]:
-    required = ("qa_id", "model", "question", "reference", "answer")
-    for i, a in enumerate(answers, 1):
-        missing = [k for k in required if not isinstance(a.get(k), str)]
-        if missing:
-            raise JudgeStageError(f"answers row {i}: missing/non-string field(s) {missing}")
-    rows = [a for a in answers if not cfg.models or a["model"] in cfg.models]
-    if cfg.models:
-        absent = sorted(set(cfg.models) - {a["model"] for a in rows})
-        if absent:
-            raise JudgeStageError(f"judge.models {absent} have no answers (models in answers: "
-                                  f"{sorted({a['model'] for a in answers})})")
-    if cfg.limit and cfg.limit > 0:
-        keep: list[str] = []
-        for a in rows:
-            if a["qa_id"] not in keep:
-                keep.append(a["qa_id"])
-        keep_set = set(keep[:cfg.limit])
-        rows = [a for a in rows if a["qa_id"] in keep_set]
-    seen = set()
-    for a in rows:
-        k = (a["qa_id"], a["model"])
-        if k in seen:
-            raise JudgeStageError(f"answers: duplicate row for qa_id {a['qa_id']} model {a['model']}")
-        seen.add(k)
-    if not rows:
-        raise JudgeStageError("no answers to judge (answers file empty, or judge.models/limit selected none)")
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# the judge model
-
-
-def build_judge(cfg: JudgeConfig):
-    """The DeepEvalBaseLLM that GEval calls (nothing is loaded or contacted yet)."""
-    from policytune.evaluation.judge_llm import ProbabilityJudge, TextJudge
-    from policytune.lm.backends import make_backend
-
-    mode = scoring_mode(cfg)
-    items = rubric_items(cfg)
-    score_range = (items[0][0], items[-1][0])
-    backend = make_backend(cfg)
-    if mode == "probabilities":
-        return ProbabilityJudge(backend, max_retries=cfg.max_retries, max_new_tokens=cfg.max_new_tokens,
-                                score_range=score_range)
-    return TextJudge(backend, max_retries=cfg.max_retries, temperature=cfg.temperature,
-                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, score_range=score_range)
-
-
-def judge_workers(cfg: JudgeConfig, judge) -> int:
-    """Judgements in flight at once: the API backend's ``concurrency`` for free-text API judges;
-    one for a local model (one model, one KV cache)."""
-    if judge.scoring != "text" or cfg.backend == "local":
-        return 1
-    sub = cfg.openai if cfg.backend == "openai" else cfg.bedrock
-    return max(1, int(getattr(sub, "concurrency", 1)))
-
-
-def _judge_identity(judge, cfg: JudgeConfig) -> dict:
-    """What a judgement depends on besides its prompt: the model (content hash of a local folder,
-    the pinned model id of an API), how the score is read, and the generation settings."""
-    ident = {"fingerprint": judge.fingerprint()}
-    if judge.scoring == "text":
-        ident.update(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    if cfg.backend == "local":
-        ident["dtype"] = cfg.dtype
-    return ident
-
-
-def _make_geval(spec: dict, cfg: JudgeConfig, judge, steps: Optional[list[str]]):
-    from deepeval.metrics import GEval
-    from deepeval.metrics.g_eval.utils import Rubric
-    from deepeval.test_case import SingleTurnParams
-
-    from policytune.evaluation.judge_llm import compact_template
-
-    if cfg.prompt not in ("compact", "deepeval"):
-        raise ParamsError(f"judge.prompt must be compact | deepeval, got {cfg.prompt!r}")
-    rubric = [Rubric(score_range=(s, s), expected_outcome=text) for s, text in rubric_items(cfg)]
-    extra = {"evaluation_template": compact_template(spec["criteria"])} if cfg.prompt == "compact" else {}
-    return GEval(name=spec["name"], criteria=spec["criteria"],
-                 evaluation_params=[SingleTurnParams(p) for p in spec["params"]],
-                 evaluation_steps=steps, rubric=rubric, model=judge, async_mode=False,
-                 strict_mode=False, verbose_mode=False, **extra)
-
-
-def prompt_fingerprint(geval) -> str:
-    """Hash of the results prompt GEval renders for placeholder fields: it changes whenever the
-    template (ours or deepeval's), the steps, the rubric or the fields shown change."""
-    from deepeval.test_case import LLMTestCase
-
-    tc = LLMTestCase(input="<input>", actual_output="<actual_output>", expected_output="<expected_output>",
-                     context=["<context>"])
-    return stable_id(geval._results_prompt(tc, False, None), n=16)
-
-
-def evaluation_steps(spec: dict, cfg: JudgeConfig, judge, cache: JudgeCache, ident: dict,
-                     counters: dict) -> tuple[list[str], str, Optional[dict]]:
-    """(steps, source, cache record). Pinned in params, else GEval's steps from the judge,
-    generated once per (criteria, fields, judge) and cached."""
-    from policytune.evaluation.judge_llm import JudgeOutputError
-
-    if spec["steps"]:
-        return spec["steps"], "params", None
-    geval = _make_geval(spec, cfg, judge, None)
-    prompt = geval._steps_prompt(False)  # deepeval's own prompt (pinned deepeval version)
-    key = "steps-" + stable_id({"v": CACHE_VERSION, "kind": "steps", "judge": ident["fingerprint"].split(":", 1)[-1],
-                                "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-                                "prompt": prompt}, n=32)
-    hit = cache.get(key)
-    if hit and hit.get("steps"):
-        counters["steps_cache_hits"] += 1
-        return hit["steps"], "cache", hit
-    log.info("%s: generating evaluation steps with the judge (once; cached)", spec["name"])
-    judge.calls.clear()
-    t0 = time.monotonic()
-    try:
-        steps = geval._generate_evaluation_steps(False)  # GEval's step generation, via judge.generate
-    except JudgeOutputError as e:
-        raise JudgeStageError(
-            f"{spec['name']}: the judge gave no usable evaluation steps in {e.attempts} attempt(s) ({e}); "
-            f"pin them in params.yaml under judge.evaluation_steps.{spec['name']}") from None
-    finally:
-        counters["model_calls"] += sum(c.get("attempts", 1) for c in judge.calls.entries)
-    record = {"steps": list(steps), "metric": spec["name"], "criteria": spec["criteria"],
-              "raw": judge.calls.entries[-1].get("raw") if judge.calls.entries else None,
-              "attempts": sum(c.get("attempts", 1) for c in judge.calls.entries),
-              "seconds": round(time.monotonic() - t0, 3)}
-    cache.put(key, record)
-    return list(steps), "judge", record
-
-
-def _test_case_fields(spec: dict, item: dict, context: str) -> dict:
-    values = {"input": item["question"], "actual_output": item["answer"],
-              "expected_output": item["reference"], "context": [context]}
-    return {p: values[p] for p in spec["params"]}
-
-
-def judge_one(geval, judge, fields: dict) -> dict:
-    """Measure one test case with GEval; returns the cache record (score, raw, reason, failed,
-    attempts). Malformed judge output after the retries -> a failed record, never a score."""
-    from deepeval.errors import MissingTestCaseParamsError
-    from deepeval.test_case import LLMTestCase
-
-    from policytune.evaluation.judge_llm import JudgeOutputError
-
-    tc = LLMTestCase(input=fields.get("input", ""), actual_output=fields.get("actual_output"),
-                     expected_output=fields.get("expected_output"), context=fields.get("context"))
-    judge.calls.clear()
-    t0 = time.monotonic()
-    try:
-        score = geval.measure(tc, _show_indicator=False)
-    except JudgeOutputError as e:
-        return {"score": None, "raw": e.raw, "failed": True, "attempts": e.attempts,
-                "reason": f"judge output unusable after {e.attempts} attempt(s): {e}",
-                "seconds": round(time.monotonic() - t0, 3)}
-    except MissingTestCaseParamsError as e:
-        return {"score": None, "raw": None, "failed": True, "attempts": 0, "reason": f"deepeval: {e}",
-                "seconds": 0.0}
-    calls = [c for c in judge.calls.entries if c.get("kind") == "score"]
-    attempts = sum(c.get("attempts", 1) for c in calls) or 1
-    if judge.scoring == "probabilities" and calls:
-        c = calls[-1]
-        raw = {k: c[k] for k in ("probs", "mass", "expected") if k in c}
-    else:
-        raw = calls[-1].get("raw") if calls else None
-    record = {"score": round(float(score), 6), "raw": raw, "failed": False, "attempts": attempts,
-              "reason": geval.reason, "seconds": round(time.monotonic() - t0, 3)}
-    if not (0.0 <= record["score"] <= 1.0):  # GEval normalises by the rubric range; never expected
-        record.update(score=None, failed=True, reason=f"GEval score {score!r} outside 0..1; {geval.reason}")
-    return record
-
-
-# ---------------------------------------------------------------------------------------------
-# pure core
-
-
-def judge_answers(answers: list[dict], contexts: dict[str, tuple[str, str]], cfg: JudgeConfig, judge,
-                  cache: JudgeCache) -> tuple[list[dict], dict, dict]:
-    """Score every (answer, metric); returns (score rows, flat metrics, stats)."""
-    specs = metric_specs(cfg)
-    items = select_answers(answers, cfg)
-    ident = _judge_identity(judge, cfg)
-    counters = {"model_calls": 0, "judged": 0, "cache_hits": 0, "steps_cache_hits": 0, "failures": 0,
-                "empty_answers": 0, "retried": 0, "judge_seconds": 0.0}
-    t_start = time.monotonic()
-    steps_info = {}
-    gevals = {}
-    for spec in specs:
-        steps, source, _ = evaluation_steps(spec, cfg, judge, cache, ident, counters)
-        steps_info[spec["name"]] = {"source": source, "steps": steps}
-        gevals[spec["name"]] = _make_geval(spec, cfg, judge, steps)
-        log.info("%s: %d evaluation steps (%s)", spec["name"], len(steps), source)
-
-    total = len(items) * len(specs)
-    prog = Progress(log, "judgements", total)
-    results: dict[tuple[str, str, str], dict] = {}
-    ctx_sources = {"chunk": 0, "reference": 0}
-    for qa in {a["qa_id"] for a in items}:
-        ctx_sources[contexts.get(qa, ("", "reference"))[1]] += 1
-    def finish(spec: dict, item: dict, ctx_source: str, rec: dict) -> None:
-        if rec.get("failed"):
-            counters["failures"] += 1
-            log.warning("%s %s/%s: failed: %s", spec["name"], item["qa_id"], item["model"], rec["reason"][:200])
-        elif rec.get("attempts", 0) > 1:
-            counters["retried"] += 1
-        row = {"qa_id": item["qa_id"], "model": item["model"], "metric": spec["name"], "score": rec["score"],
-               "raw": rec.get("raw"), "reason": rec.get("reason", ""), "failed": bool(rec.get("failed")),
-               "attempts": rec.get("attempts", 0)}
-        if "context" in spec["params"]:
-            row["context_source"] = ctx_source
-        results[(item["qa_id"], item["model"], spec["name"])] = row
-        prog.update(note=f"cached {counters['cache_hits']} failed {counters['failures']}")
-
-    pending = []  # (spec, item, ctx_source, key, fields), metric-major: a metric's prefix stays KV-cached
-    for spec in specs:
-        steps = steps_info[spec["name"]]["steps"]
-        template = prompt_fingerprint(gevals[spec["name"]])
-        for item in items:
-            context, ctx_source = contexts.get(item["qa_id"], (item["reference"], "reference"))
-            fields = _test_case_fields(spec, item, context)
-            key = stable_id({"v": CACHE_VERSION, "judge": ident, "metric": spec["name"], "criteria": spec["criteria"],
-                             "steps": steps, "rubric": rubric_items(cfg), "template": template, "fields": fields}, n=32)
-            if not item["answer"].strip():
-                counters["empty_answers"] += 1
-                finish(spec, item, ctx_source, {
-                    "score": 0.0, "raw": None, "failed": False, "attempts": 0,
-                    "reason": "empty answer: given the lowest score without calling the judge"})
-                continue
-            rec = cache.get(key)
-            # A cached failure is retried when max_retries was raised since.
-            if rec is not None and rec.get("failed") and rec.get("attempts", 0) < cfg.max_retries + 1:
-                rec = None
-            if rec is not None:
-                counters["cache_hits"] += 1
-                finish(spec, item, ctx_source, rec)
-            else:
-                pending.append((spec, item, ctx_source, key, fields))
-
-    def done(task: tuple, rec: dict) -> None:
-        spec, item, ctx_source, key, _ = task
-        counters["judged"] += 1
-        counters["model_calls"] += rec["attempts"]
-        counters["judge_seconds"] += rec.get("seconds", 0.0)
-        cache.put(key, {**rec, "qa_id": item["qa_id"], "model": item["model"], "metric": spec["name"]})
-        finish(spec, item, ctx_source, rec)
-
-    workers = judge_workers(cfg, judge)
-    if workers <= 1 or len(pending) <= 1:
-        for task in pending:
-            done(task, judge_one(gevals[task[0]["name"]], judge, task[4]))
-    else:
-        # API judges: several requests in flight, each worker with its own judge wrapper and GEval
-        # objects (they hold per-measure state); the backend (HTTP session / boto3 client) is shared.
-        import threading
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
-        local = threading.local()
-        clones = []
-        clones_lock = threading.Lock()
-
-        def work(task: tuple) -> dict:
-            if not hasattr(local, "judge"):
-                local.judge = judge.clone()
-                local.gevals = {s["name"]: _make_geval(s, cfg, local.judge, steps_info[s["name"]]["steps"]) for s in specs}
-                with clones_lock:
-                    clones.append(local.judge)
-            return judge_one(local.gevals[task[0]["name"]], local.judge, task[4])
-
-        log.info("%d judgements to run, %d at a time", len(pending), workers)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(work, t): t for t in pending}
-            try:
-                for fut in as_completed(futures):
-                    done(futures[fut], fut.result())  # main thread: cache writes, counters, progress
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-        for c in clones:
-            for k, v in c.stats.items():
-                judge.stats[k] = judge.stats.get(k, 0) + v
-
-    rows = [results[(a["qa_id"], a["model"], s["name"])] for a in items for s in specs]
-    metrics = summarise(rows, items, specs, cfg)
-    metrics.update({"judgements": len(rows), "judge_calls": counters["model_calls"],
-                    "failures": counters["failures"], "cache_hits": counters["cache_hits"]})
-    elapsed = time.monotonic() - t_start
-    stats = {
-        "judge": {"backend": cfg.backend, "model": judge.get_model_name(), "scoring": judge.scoring, **ident},
-        "evaluation_steps": steps_info,
-        "counts": {**counters, "judge_seconds": round(counters["judge_seconds"], 2),
-                   "judgements": len(rows), "questions": len({a["qa_id"] for a in items}),
-                   "context_sources": ctx_sources},
-        "seconds": round(elapsed, 2),
-        "s_per_judgement": round(counters["judge_seconds"] / counters["judged"], 3) if counters["judged"] else None,
-        "judge_stats": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in judge.stats.items()},
-    }
-    return rows, metrics, stats
-
-
-def summarise(rows: list[dict], items: list[dict], specs: list[dict], cfg: JudgeConfig) -> dict:
-    """Flat DVC keys: per model and metric mean/CI/n/failures, deltas with paired bootstrap CIs."""
-    from policytune.evaluation.metrics import flat_summary, pair_by_key
-
-    models = list(dict.fromkeys(a["model"] for a in items))
-    keys = [s["key"] for s in specs]
-    key_of = {s["name"]: s["key"] for s in specs}
-    wide: dict[tuple[str, str], dict] = {}
-    for r in rows:
-        w = wide.setdefault((r["qa_id"], r["model"]), {"qa_id": r["qa_id"], "model": r["model"]})
-        w[key_of[r["metric"]]] = r["score"]
-    wide_rows = list(wide.values())
-    comparisons = [c for c in COMPARISONS if c[1] in models and c[2] in models]
-    out = flat_summary(wide_rows, models, keys, comparisons, n_resamples=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
-    for m in models:
-        for s in specs:
-            mine = [r for r in rows if r["model"] == m and r["metric"] == s["name"]]
-            out[f"{m}.{s['key']}.n"] = sum(1 for r in mine if r["score"] is not None)
-            out[f"{m}.{s['key']}.failures"] = sum(1 for r in mine if r["failed"])
-        out[f"{m}.empty_answers"] = sum(1 for a in items if a["model"] == m and not a["answer"].strip())
-    for name, treat, ctrl in comparisons:
-        for k in keys:
-            _, a, b = pair_by_key(wide_rows, treat, ctrl, k)
-            out[f"{name}.{k}.n"] = sum(1 for x, y in zip(a, b) if x is not None and y is not None)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# main
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default=None, help="params.yaml path (default: ./params.yaml)")
-    ap.add_argument("--answers", default=str(ANSWERS_PATH))
-    ap.add_argument("--test", default=str(TEST_PATH))
-    ap.add_argument("--chunks", default=str(CHUNKS_PATH))
-    ap.add_argument("--scores", default=str(SCORES_PATH))
-    ap.add_argument("--cache", default=str(CACHE_DIR))
-    ap.add_argument("--metrics", default=str(METRICS_PATH))
-    ap.add_argument("--stats", default=str(STATS_PATH))
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_section(JudgeConfig, "judge", args.params)
+        cfg = load_section(JudgeConfig, "judge", params)
         specs = metric_specs(cfg)
         rubric_items(cfg)
     except ParamsError as e:
         raise SystemExit(f"judge: {e}") from None
+    return cfg, specs
+
+
+def _read_inputs(args, specs: list[dict]) -> tuple[list[dict], dict[str, tuple[str, str]]]:
+    """(answers, qa_id -> source document); test rows and chunks only when a metric needs them."""
     if not Path(args.answers).is_file():
         raise SystemExit(f"judge: {args.answers} not found; run the evaluate stage first")
     answers = read_jsonl(args.answers)
@@ -602,7 +82,13 @@ def main(argv: list[str] | None = None) -> None:
             if not Path(p).is_file():
                 raise SystemExit(f"judge: {p} not found (Consistency needs the source chunks); run split/extract")
         test_rows, chunks = read_jsonl(args.test), read_jsonl(args.chunks)
-    contexts = load_contexts(answers, test_rows, chunks)
+    return answers, load_contexts(answers, test_rows, chunks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser(__doc__, "judge", PATHS, JudgeConfig).parse_args(argv)
+    cfg, specs = _load_config(args.params)
+    answers, contexts = _read_inputs(args, specs)
     try:
         import transformers
 
@@ -614,24 +100,16 @@ def main(argv: list[str] | None = None) -> None:
     log.info("judge %s (%s scoring), %d metric(s): %s", judge.get_model_name(), judge.scoring, len(specs),
              ", ".join(s["name"] for s in specs))
     try:
-        rows, metrics, stats = judge_answers(answers, contexts, cfg, judge, JudgeCache(args.cache))
+        rows, metrics, stats = judge_answers(answers, contexts, cfg, judge, judge_cache(args.cache))
     except (JudgeStageError, ParamsError) as e:
         raise SystemExit(f"judge: {e}") from None
     stats["params"] = to_dict(cfg)
     write_jsonl(args.scores, rows)
     write_json(args.metrics, metrics)
     write_json(args.stats, stats)
-    c = stats["counts"]
-    log.info("%d judgements of %d questions: %d judged now (%s s each), %d from cache, %d failed, %d retried; "
-             "model calls %d", c["judgements"], c["questions"], c["judged"], stats["s_per_judgement"],
-             c["cache_hits"], c["failures"], c["retried"], c["model_calls"])
-    for name, _, _ in COMPARISONS:
-        for s in specs:
-            k = f"{name}.{s['key']}"
-            if f"{k}.mean" in metrics and metrics[f"{k}.mean"] is not None:
-                log.info("%s: %+.3f [%+.3f, %+.3f] (n=%d)", k, metrics[f"{k}.mean"], metrics[f"{k}.ci_low"] or 0,
-                         metrics[f"{k}.ci_high"] or 0, metrics[f"{k}.n"])
+    log_results(metrics, stats, specs)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The single HTML page of ``policytune serve`` (stages/serve.py): base vs fine-tuned, side by side.
+"""The single HTML page of ``policytune serve`` (policytune/app/serve.py): base vs fine-tuned, side by side.
 
 Self-contained (inline CSS and JS, no CDN, works offline). It asks one question to every model the
 server lists in /v1/models, streams both answers at once (fetch + ReadableStream over the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from policytune.core.params import ParamsError
 from policytune.evaluation.metrics import BootstrapConfig
 from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT
 
@@ -60,3 +61,11 @@ class EvaluateConfig:
 
 class EvaluateError(RuntimeError):
     """Inputs the stage cannot evaluate (missing adapter, template mismatch, bad rows)."""
+
+
+def check_config(cfg: EvaluateConfig) -> None:
+    """The value checks a params type check cannot make; raises ParamsError."""
+    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or cfg.rag.top_k < 1 or not 0 < cfg.bootstrap.ci < 1:
+        raise ParamsError("batch_size, max_new_tokens, rag.top_k must be >= 1 and 0 < bootstrap.ci < 1")
+    if cfg.batching not in ("continuous", "static"):
+        raise ParamsError(f"batching must be continuous or static, got {cfg.batching!r}")

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from policytune.lm.generation import decode_greedy, split_stop
+from policytune.lm.generation import collect_stop_ids, decode_greedy, left_pad, split_stop
 from policytune.lm.loading import QUANTIZE, quantize_int8, resolve_dtype, resolve_quantize
 from policytune.lm.catalog import saved_dtype
 from policytune.core import hashing
@@ -254,10 +254,8 @@ class LocalBackend(Backend):
         self.quantized = quant
         # A clean generation config: a model's shipped sampling defaults (top_k, top_p,
         # repetition_penalty...) must not silently change what "greedy" or "seeded" means here.
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        if tok.eos_token_id is not None:
-            eos_ids.add(tok.eos_token_id)
+        # Stops: generation_config eos + tokenizer eos (no end-of-turn markers), as a set.
+        eos_ids = set(collect_stop_ids([model.generation_config.eos_token_id], [tok.eos_token_id]))
         eos_ids.discard(None)
         if not eos_ids:
             raise BackendError(f"{self.model_dir}: no eos token in tokenizer or generation_config")
@@ -332,12 +330,9 @@ class LocalBackend(Backend):
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):  # left padding: the prompts end where generation starts
-                input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
-                mask[r, width - len(ids[i]):] = 1
+            # left padding: the prompts end where generation starts
+            input_ids, mask = left_pad([ids[i] for i in idx], pad)
+            width = input_ids.shape[1]
             torch.manual_seed(seed)
             gen_kwargs = {"max_new_tokens": max_new_tokens, "use_cache": True, "do_sample": True,
                           "temperature": float(temperature), "top_p": 1.0, "top_k": 0}

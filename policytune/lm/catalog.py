@@ -9,9 +9,9 @@ Nothing here downloads weights. A model *spec* (the string ``params.yaml`` gives
 - a Hugging Face id (``org/name``), which needs hub access (``HF_HUB_OFFLINE`` unset) or a
   copy already in the local Hugging Face cache.
 
-``stages/prepare_models.py`` turns a spec into a plain folder under ``models/<role>/`` with a
-``policytune_model.json`` manifest; every other stage loads those folders with
-:mod:`policytune.lm.loading`.
+``stages/prepare_models.py`` (:mod:`policytune.lm.prepare`) turns a spec into a plain folder under
+``models/<role>/`` with a ``policytune_model.json`` manifest; every other stage loads those folders
+with :mod:`policytune.lm.loading`.
 """
 
 from __future__ import annotations

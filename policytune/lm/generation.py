@@ -17,7 +17,7 @@ batches has:
 
 Positions are explicit per row (padding sits between the shared prefix and a row's suffix, or
 on the left, and is masked), so every answer is computed as if it were decoded alone, up to
-float rounding: greedy outputs equal ``model.generate``'s (tests/test_evaluate.py checks).
+float rounding: greedy outputs equal ``model.generate``'s (the evaluate tests check).
 """
 
 from __future__ import annotations
@@ -26,17 +26,58 @@ import copy
 from typing import Callable, Optional, Sequence
 
 
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")  # chat templates' end-of-turn markers
+
+
+def collect_stop_ids(settings: Sequence = (), ids: Sequence = (), tokenizer=None,
+                     marker_id: Optional[Callable] = None, sequences: tuple = (list, tuple)) -> list:
+    """Candidate ids that end an assistant turn, in order, not yet filtered or deduplicated:
+
+    - each of ``settings`` (an eos setting: one id, several ids as one of ``sequences``, or None),
+      flattened;
+    - each of ``ids`` (single ids, appended as they are; None skipped);
+    - then, for each of :data:`END_OF_TURN_TOKENS`, ``marker_id(tokenizer, token)`` unless it is
+      None (``marker_id`` decides whether the tokenizer has that marker: :func:`vocab_marker_id`,
+      :func:`template_marker_id`).
+
+    The one mechanism behind :func:`stop_token_ids` (decoding), prepare_models' stop ids (written
+    into each model folder's generation_config.json, :mod:`policytune.lm.gguf`) and
+    ``LocalBackend``'s eos set; each caller filters and deduplicates the candidates its own way.
+    """
+    out: list = []
+    for value in settings:
+        if isinstance(value, sequences):
+            out += list(value)
+        elif value is not None:
+            out.append(value)
+    out += [i for i in ids if i is not None]
+    if marker_id is not None:
+        for token in END_OF_TURN_TOKENS:
+            tid = marker_id(tokenizer, token)
+            if tid is not None:
+                out.append(tid)
+    return out
+
+
+def vocab_marker_id(tokenizer, token: str) -> Optional[int]:
+    """``token``'s id if the tokenizer knows it (an int, not the unk id, not negative), else None."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+        return tid
+    return None
+
+
+def template_marker_id(tokenizer, token: str):
+    """``token``'s id if the chat template uses it and it is in the vocabulary, else None."""
+    if token in (tokenizer.chat_template or "") and token in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids(token)
+    return None
+
+
 def stop_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends an assistant turn: generation_config eos, tokenizer eos, <|im_end|>."""
-    ids: list[int] = []
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-        tid = tokenizer.convert_tokens_to_ids(t)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
-            ids.append(tid)
+    ids = collect_stop_ids([eos], [tokenizer.eos_token_id], tokenizer, vocab_marker_id)
     return list(dict.fromkeys(int(i) for i in ids))
 
 

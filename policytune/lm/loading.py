@@ -85,7 +85,7 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, s
     runs in torch's kernel with ``enable_gqa=True``. Stock transformers only does that without a
     mask; with one (every padded batch: batched generation, training) it first copies each
     key/value head once per query head (``repeat_kv``), for every layer at every decode step.
-    Same outputs (to float rounding; tests/test_attention_cache.py); measured on a 2-core AVX2 CPU, the
+    Same outputs (to float rounding; tests/unit/lm/test_generation.py); measured on a 2-core AVX2 CPU, the
     attention of a decode step is 5x faster for SmolLM2 (9 query / 3 key-value heads, batch 30)
     and 20x for Qwen2.5-0.5B (14 / 2 heads, batch 16, 600 cached tokens)."""
     import torch

@@ -1,7 +1,7 @@
 """The ``policytune`` console script: ``policytune chat`` and ``policytune serve``.
 
-    policytune chat [--base] [--rag] ...     # = python -m stages.chat
-    policytune serve [--port 8000] ...       # = python -m stages.serve
+    policytune chat [--base] [--rag] ...     # = python -m policytune.app.chat
+    policytune serve [--port 8000] ...       # = python -m policytune.app.serve
     policytune <command> --help
 
 Each subcommand hands the rest of the command line to its module's ``main``.
@@ -14,8 +14,8 @@ import sys
 from typing import Optional
 
 COMMANDS = {
-    "chat": ("stages.chat", "chat with the fine-tuned model in the terminal (answers streamed)"),
-    "serve": ("stages.serve", "local web app + OpenAI-compatible API: base vs fine-tuned side by side"),
+    "chat": ("policytune.app.chat", "chat with the fine-tuned model in the terminal (answers streamed)"),
+    "serve": ("policytune.app.serve", "local web app + OpenAI-compatible API: base vs fine-tuned side by side"),
 }
 
 

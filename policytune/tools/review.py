@@ -18,7 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from policytune.core.records import flatten, read_json
 from policytune.evaluation import metrics as M
+
+
 def dvc(*args: str, cwd: Path) -> str:
     p = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -34,8 +37,7 @@ def eval_table(eval_json: Path) -> str:
     """Markdown table: base vs fine-tuned means and the paired delta with its 95% CI."""
     if not eval_json.exists():
         return "_metrics/eval.json not found: the evaluate stage has not run on this branch._\n"
-    m = json.loads(eval_json.read_text())
-    flat = _flatten(m)
+    flat = flatten(read_json(eval_json))
     metrics = sorted({k.split(".")[1] for k in flat if k.startswith("delta.") and k.endswith(".mean")})
     rows = ["| metric | base | fine-tuned | delta | 95% CI | verdict |", "|---|---|---|---|---|---|"]
     for name in metrics:
@@ -68,17 +70,6 @@ def split_metrics_diff(md: str) -> str:
     head = "\n".join([header, rule, *top]) if top else "_no headline metric changed_"
     return (f"{head}\n\n<details><summary>All {len(rows)} changed metrics</summary>\n\n"
             + "\n".join([header, rule, *rows]) + "\n\n</details>\n")
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def render_plots(base: str, cwd: Path, out: Path) -> list[Path]:

@@ -49,14 +49,14 @@ def tiny_adapter_dir(model_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from stages import evaluate as E
+    from policytune.lm.adapters import TRAIN_INFO, load_tok
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
                            LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                       init_lora_weights=False))
     model.save_pretrained(out)
-    (out / E.TRAIN_INFO).write_text(json.dumps({"chat_template_sha": template_sha(E.load_tok(model_dir))}))
+    (out / TRAIN_INFO).write_text(json.dumps({"chat_template_sha": template_sha(load_tok(model_dir))}))
     return out
 
 
