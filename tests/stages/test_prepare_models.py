@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from policytune.lm import catalog
-from policytune.lm.prepare import prepare
 from stages.prepare_models import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -19,12 +18,10 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, dict]:
-    """models/<role>-style folder converted once from the tiny-llama catalog entry."""
-    out = tmp_path_factory.mktemp("models") / "student"
-    manifest = prepare("student", "tiny-llama", out, dtype="bfloat16")
-    return out, manifest
+@pytest.fixture
+def tiny(prepared_tiny_student) -> tuple[Path, dict]:
+    """models/<role>-style folder converted once a session from the tiny-llama catalog entry."""
+    return prepared_tiny_student
 
 
 def test_cli_reads_params_and_reports_errors(tiny, tmp_path, monkeypatch):

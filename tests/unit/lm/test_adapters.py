@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from policytune.lm.adapters import TRAIN_INFO, AdapterError, check_adapter, load_tok
 from policytune.lm.chat_format import template_sha
-from tests.helpers.evaluation import make_adapter
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tiny_model_dir) -> Path:
-    return tiny_model_dir
-
-
-@pytest.fixture(scope="session")
-def adapter_dir(tiny_dir, tmp_path_factory) -> Path:
-    return make_adapter(tiny_dir, tmp_path_factory.mktemp("adapter"))
 
 
 @pytest.fixture(scope="session")

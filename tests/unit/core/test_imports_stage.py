@@ -1,0 +1,67 @@
+"""The import graph counts lazy and relative imports; the stage CLI lists paths and params."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from policytune.core.imports import closure_files, direct_imports, source_fingerprint
+from policytune.core.stage import stage_parser
+
+
+def write(root, rel, text):
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    write(tmp_path, "policytune/__init__.py", '"""doc"""\n')
+    write(tmp_path, "policytune/core/__init__.py", "")
+    write(tmp_path, "policytune/core/a.py", "from . import b\n")
+    write(tmp_path, "policytune/core/b.py", "def f():\n    import policytune.core.c\n")
+    write(tmp_path, "policytune/core/c.py", "import json\n")
+    write(tmp_path, "policytune/core/unused.py", "")
+    write(tmp_path, "stages/__init__.py", "")
+    write(tmp_path, "stages/s.py", "from policytune.core.a import x\n")
+    return tmp_path
+
+
+def test_closure_follows_relative_and_lazy_imports(tree):
+    assert direct_imports("policytune.core.a", tree) >= {"policytune.core.b"}
+    files = [p.as_posix() for p in closure_files("stages.s", tree)]
+    assert files == ["policytune/__init__.py", "policytune/core/__init__.py", "policytune/core/a.py",
+                     "policytune/core/b.py", "policytune/core/c.py", "stages/__init__.py", "stages/s.py"]
+
+
+def test_source_fingerprint_changes_with_any_imported_module(tree):
+    before = source_fingerprint("stages.s", tree)
+    (tree / "policytune/core/unused.py").write_text("x = 1\n")
+    assert source_fingerprint("stages.s", tree) == before
+    (tree / "policytune/core/c.py").write_text("import os\n")
+    assert source_fingerprint("stages.s", tree) != before
+
+
+@dataclass
+class Inner:
+    k: int = field(default=3, metadata={"help": "inner knob"})
+
+
+@dataclass
+class Cfg:
+    rate: float = field(default=0.5, metadata={"help": "how often"})
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_stage_parser_paths_and_params_help(capsys):
+    ap = stage_parser("demo: one line\n\nMore text.", "demo", {"out_dir": "data/x"}, Cfg)
+    args = ap.parse_args([])
+    assert args.out_dir == "data/x" and args.params is None
+    assert ap.parse_args(["--out-dir", "y", "--params", "p.yaml"]).out_dir == "y"
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "python -m stages.demo" in text and "More text." in text
+    assert "demo.rate = 0.5  how often" in text and "demo.inner.k = 3  inner knob" in text
