@@ -13,7 +13,14 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]   # the repository (policytune/core/imports.py)
+def _repo_root() -> Path:
+    """The checkout this package runs from (policytune/core/imports.py -> ../../..), or the working
+    directory when the package is installed elsewhere (stages run from the repository root)."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "stages").is_dir() else Path.cwd()
+
+
+ROOT = _repo_root()
 PACKAGES = ("policytune", "stages")
 
 
