@@ -2,7 +2,7 @@
 
     python -m policytune.app.serve          # http://127.0.0.1:8000/ (models/student + models/adapter)
     policytune serve --port 8080 --base     # base model only
-    curl -s 127.0.0.1:8000/v1/chat/completions \\
+    curl -s 127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "finetuned", "messages": [{"role": "user", "content": "Who approves leave?"}]}'
 
 Endpoints (standard library ``http.server`` only, bound to 127.0.0.1 unless --host says otherwise)
@@ -13,42 +13,62 @@ Endpoints (standard library ``http.server`` only, bound to 127.0.0.1 unless --ho
   GET  /healthz              {"status": "ok", "active", "waiting", "stats"} (engine counters)
   POST /v1/chat/completions  OpenAI chat completions, streamed as server-sent events or not
 
-Request body: a JSON object of at most --max-body-bytes with
+Request body: a JSON object (``Content-Type: application/json``) of at most --max-body-bytes with
   messages     required: [{"role": "system"|"user"|"assistant", "content": str or [{"type": "text",
-               "text": str}]}]; a system message only first (it replaces params.yaml's system prompt);
-               the last message from the user. Oldest turns are dropped to fit the context.
+               "text": str}]}], at most --max-messages of them; a system message only first (it
+               replaces params.yaml's system prompt); the last message from the user. Oldest turns
+               are dropped to fit the context (O(log n) chat-template renders, see Chatbot._fit).
   model        "base" | "finetuned" (default: "finetuned" when an adapter is loaded, else "base")
   max_tokens   1..--max-tokens-limit (or max_completion_tokens; default --max-new-tokens)
-  temperature  0..2 (default 0 = greedy);  seed  int (sampling);  n  1 only
+  temperature  0..2 (default 0 = greedy; below 1e-3 it is greedy too, since dividing the logits by
+               e.g. 1e-300 would give inf/NaN);  top_p  (0, 1] (nucleus sampling; default 1)
+  seed         int from -2**63 to 2**63-1 (sampling);  n  1 only
   stream       bool; with stream_options {"include_usage": true} a last chunk carries the usage
   rag          our extension, bool: ground the answer in the top-k chunks of data/chunks.jsonl; the
                response (the first chunk when streaming) then has "sources": [{chunk_id, title, url,
                score, text}]
-  Accepted and ignored, since common OpenAI clients send them: user, top_p, presence_penalty,
-  frequency_penalty, metadata, store. Any other field is a 400, so a typo is never silently ignored.
+  Checked, then ignored, since common OpenAI clients send them: user (str), presence_penalty and
+  frequency_penalty (-2..2), metadata (object), store (bool). Any other field is a 400, so a typo
+  is never silently ignored.
 Non-streaming answers are the standard ``chat.completion`` JSON (choices[0].message.content,
 finish_reason "stop"|"length", usage). Streaming answers are ``text/event-stream`` events
 ``data: {chat.completion.chunk}`` (first the role, then content deltas, then the finish_reason)
 ending with ``data: [DONE]``. Errors are ``{"error": {"message", "type", "param", "code"}}`` with
-400 (invalid request), 404 (path, model), 405, 411/413 (body length), 503 (queue full;
-Retry-After) or 500 (generation failed).
+400 (invalid request), 403 (Host or Origin refused), 404 (path, model), 405, 411/413 (body length),
+415 (not application/json), 503 (queue full; Retry-After) or 500 (generation failed, or any
+unexpected error in the handler: always a JSON answer, never a dropped connection).
+
+Browsers. Every request's ``Host`` must name the server: the bound address, ``localhost``,
+``127.0.0.1`` or ``[::1]`` (with any port), or an --allow-host name; when bound to a wildcard address
+(0.0.0.0, ::) also this machine's host names and any IP literal. So a page on another site whose
+name was re-pointed at 127.0.0.1 (DNS rebinding) gets 403, not the API. A POST must be
+``application/json`` (a cross-origin ``fetch`` can send text/plain or a form without asking the
+server first, never application/json) and, when it carries an ``Origin``, come from the server's
+own origin (the page it serves); anything else is refused before the body is parsed.
 
 Concurrency. One thread per connection (ThreadingHTTPServer) parses, validates and renders the
 prompt; the models, loaded once at start-up, are run only by the engine's worker thread
 (:mod:`policytune.lm.engine`: continuous batching, up to --max-batch answers decode together, base and
-fine-tuned rows in the same batch). A request that finds --max-waiting others queued gets 503 at
+fine-tuned rows in the same batch; a row whose sampling fails ends only its own answer). The
+listen backlog is --backlog (128: a burst of 50 clients at once is accepted, where the standard
+library's 5 reset a third of them). A request that finds --max-waiting others queued gets 503 at
 once. Each answer flows to its handler through its own queue, so a client that reads slowly or not
-at all blocks only its own handler thread (until --client-timeout), and a client that disconnects
-has its answer cancelled at the next decode step.
+at all blocks only its own handler thread (until --client-timeout). The handler checks every
+quarter second whether its client is still connected (while the prompt is built, while the answer
+waits in the queue, while it is generated, streamed or not): a client that went away has its
+answer cancelled (it leaves the batch at the next decode step, or never enters it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
 import queue
+import select
+import socket
 import sys
 import time
 import uuid
@@ -58,16 +78,19 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from policytune.app.chat import Chatbot, ChatbotError, add_model_args, defaults_from_params
+from policytune.app.chat import Chatbot, ChatbotError, PromptCancelled, add_model_args, defaults_from_params
 from policytune.app.page import PAGE
 from policytune.core.progress import get_logger
-from policytune.lm.engine import EngineBusy, EngineClosed, Reply
+from policytune.lm.engine import EngineBusy, EngineClosed, InvalidRequest, Reply
 
 log = get_logger("serve")
 
-HONORED_FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "n",
-                  "stream", "stream_options", "rag")
-IGNORED_FIELDS = ("user", "top_p", "presence_penalty", "frequency_penalty", "metadata", "store")
+HONORED_FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
+                  "n", "stream", "stream_options", "rag")
+IGNORED_FIELDS = ("user", "presence_penalty", "frequency_penalty", "metadata", "store")
+SEED_RANGE = (-(1 << 63), (1 << 63) - 1)   # OpenAI's seed is an int64
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 ROLES = ("system", "user", "assistant")
 ROUTES = {"/": "GET", "/index.html": "GET", "/favicon.ico": "GET", "/v1/models": "GET", "/healthz": "GET",
           "/v1/chat/completions": "POST"}
@@ -80,6 +103,10 @@ class ServeConfig:
     max_tokens_default: int = 256
     max_tokens_limit: int = 1024
     client_timeout_s: float = 120.0   # a client that neither sends nor reads for this long is dropped
+    max_messages: int = 1024          # messages per request
+    backlog: int = 128                # listen() backlog: connections the kernel holds before accept
+    allow_hosts: tuple = ()           # Host names accepted besides the bound address and loopback
+    poll_s: float = 0.25              # how often a handler checks that its client is still there
 
 
 class ApiError(Exception):
@@ -109,6 +136,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     rag: bool = False
+    top_p: float = 1.0
 
 
 def _invalid(message: str, param: Optional[str] = None, code: Optional[str] = None) -> ApiError:
@@ -117,6 +145,21 @@ def _invalid(message: str, param: Optional[str] = None, code: Optional[str] = No
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number(data: dict, key: str, low: float, high: float, default: float, *, low_open: bool = False) -> float:
+    """data[key] as a float in [low, high] ((low, high] with ``low_open``), ``default`` when absent."""
+    v = data.get(key)
+    if v is None:
+        return default
+    if not _is_number(v) or not (low < v if low_open else low <= v) or not v <= high:
+        span = f"greater than {low:g} and at most {high:g}" if low_open else f"from {low:g} to {high:g}"
+        raise _invalid(f"{key} must be a number {span}; got {v!r}", key)
+    return float(v)
 
 
 def _bool(data: dict, key: str) -> bool:
@@ -140,9 +183,12 @@ def _content(m: dict, where: str) -> str:
     return c
 
 
-def parse_messages(raw) -> list[dict]:
+def parse_messages(raw, max_messages: Optional[int] = None) -> list[dict]:
     if not isinstance(raw, list) or not raw:
         raise _invalid("messages must be a non-empty list of {role, content} objects", "messages")
+    if max_messages is not None and len(raw) > max_messages:
+        raise _invalid(f"messages has {len(raw)} entries; the limit is {max_messages} (--max-messages)",
+                       "messages", "too_many_messages")
     out = []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
@@ -180,7 +226,7 @@ def parse_chat_request(body: bytes, *, models: list[str], config: ServeConfig) -
         raise ApiError(404, f"model {model!r} is not served here; choose one of: {', '.join(models)}"
                        + ("" if "finetuned" in models else " (the server runs the base model only)"),
                        param="model", code="model_not_found")
-    messages = parse_messages(data.get("messages"))
+    messages = parse_messages(data.get("messages"), config.max_messages)
     if data.get("max_tokens") is not None and data.get("max_completion_tokens") is not None:
         raise _invalid("give max_tokens or max_completion_tokens, not both", "max_tokens")
     key = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
@@ -189,15 +235,18 @@ def parse_chat_request(body: bytes, *, models: list[str], config: ServeConfig) -
         max_tokens = config.max_tokens_default
     elif not _is_int(max_tokens) or not 1 <= max_tokens <= config.max_tokens_limit:
         raise _invalid(f"{key} must be an integer from 1 to {config.max_tokens_limit}; got {max_tokens!r}", key)
-    temperature = data.get("temperature")
-    if temperature is None:
-        temperature = 0.0
-    elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not (math.isfinite(temperature) and 0 <= temperature <= 2):
-        raise _invalid(f"temperature must be a number from 0 to 2; got {temperature!r}", "temperature")
+    temperature = _number(data, "temperature", 0, 2, 0.0)
+    top_p = _number(data, "top_p", 0, 1, 1.0, low_open=True)
     seed = data.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _invalid(f"seed must be an integer; got {seed!r}", "seed")
+    if seed is not None and not (_is_int(seed) and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise _invalid(f"seed must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}; got {seed!r}", "seed")
+    for key in ("presence_penalty", "frequency_penalty"):  # checked, not applied
+        _number(data, key, -2, 2, 0.0)
+    if data.get("user") is not None and not isinstance(data["user"], str):
+        raise _invalid(f"user must be a string; got {data['user']!r}", "user")
+    if data.get("metadata") is not None and not isinstance(data["metadata"], dict):
+        raise _invalid("metadata must be an object", "metadata")
+    _bool(data, "store")
     n = data.get("n")
     if n is not None and n != 1:
         raise _invalid("n must be 1 (one answer per request)", "n")
@@ -210,8 +259,59 @@ def parse_chat_request(body: bytes, *, models: list[str], config: ServeConfig) -
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
             raise _invalid('stream_options must be {"include_usage": bool}', "stream_options")
         include_usage = _bool(options, "include_usage")
-    return ChatRequest(model, messages, max_tokens, float(temperature), seed, stream, include_usage,
-                       _bool(data, "rag"))
+    return ChatRequest(model, messages, max_tokens, temperature, seed, stream, include_usage,
+                       _bool(data, "rag"), top_p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host and Origin (DNS rebinding, cross-site requests)
+# ---------------------------------------------------------------------------------------------
+
+def split_host(value: str) -> Optional[str]:
+    """The name in a Host header value ("name", "name:port", "[v6]:port"), lower-case, without a
+    trailing dot; None when it is malformed."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        end = v.find("]")
+        name, rest = v[1:end], v[end + 1:]
+        if end < 0 or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+    else:
+        name, _, port = v.partition(":")
+        if port and not port.isdigit():
+            return None
+    name = name.rstrip(".")
+    return name or None
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_hosts(bind_host: str, extra: tuple = ()) -> tuple[frozenset, bool]:
+    """(names a Host header may carry, whether any IP literal is fine too): the bound address,
+    loopback names and ``extra``; for a wildcard bind also this machine's names and every IP."""
+    names = {n.lower().rstrip(".") for n in (*LOOPBACK_NAMES, bind_host, *extra) if n}
+    wildcard = bind_host in WILDCARD_HOSTS
+    if wildcard:
+        names |= {n.lower() for n in (socket.gethostname(), socket.getfqdn()) if n}
+    return frozenset(names), wildcard
+
+
+def host_ok(value: Optional[str], names: frozenset, any_ip: bool) -> bool:
+    name = split_host(value) if value is not None else None
+    return name is not None and (name in names or (any_ip and is_ip_literal(name)))
+
+
+def same_origin(origin: str, host: Optional[str]) -> bool:
+    """Whether an Origin header is this server's own origin (http(s)://<the Host header>)."""
+    o = urlsplit(origin.strip())
+    return (host is not None and o.scheme in ("http", "https") and not o.path.strip("/")
+            and o.netloc.lower() == host.strip().lower())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +341,8 @@ def chunk(cid: str, created: int, model: str, delta: dict, finish_reason: Option
 class Handler(BaseHTTPRequestHandler):
     server: "ChatServer"
     server_version = "policytune-serve"
+    _responded = False   # a status line went out for the current request
+    _body_read = False   # the request body was read (or drained, or found too large to drain)
 
     def setup(self) -> None:
         self.timeout = self.server.config.client_timeout_s  # socket timeout for reads and writes
@@ -248,6 +350,88 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
         log.debug("%s %s", self.address_string(), format % args)
+
+    def handle_one_request(self) -> None:
+        """The standard loop, with a net: any unexpected exception becomes a JSON 500 (when no
+        response was started yet) instead of a dropped connection."""
+        self._responded = self._body_read = False
+        try:
+            super().handle_one_request()
+        except OSError as e:  # the client vanished (reset, broken pipe, timeout): nothing to tell it
+            log.info("connection from %s ended: %s", self.client_address[0], e)
+            self.close_connection = True
+        except Exception as e:
+            log.exception("unexpected error in %s %s", self.command, self.path)
+            self.close_connection = True
+            if not self._responded:
+                self._error(ApiError(500, f"internal error ({type(e).__name__}); see the server log",
+                                     type="server_error", code="internal_error"))
+
+    def send_response(self, code: int, message: Optional[str] = None) -> None:
+        self._responded = True
+        super().send_response(code, message)
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The standard library's own errors (bad request line, header too large, unsupported
+        method...) as JSON error objects too."""
+        self.close_connection = True
+        short = self.responses.get(code, ("error", ""))[0]
+        body = ApiError(code, message or short, type="invalid_request_error" if code < 500 else "server_error",
+                        code=short.lower().replace(" ", "_")).body()
+        data = json.dumps(body).encode("utf-8")
+        try:
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Connection", "close")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(data)
+        except OSError:
+            pass
+
+    # ---- Host, Origin, Content-Type
+
+    def _check_host(self) -> None:
+        """403 unless the Host header names this server (DNS rebinding: a foreign name pointed at us)."""
+        host = self.headers.get("Host")
+        if host is None and self.request_version == "HTTP/1.0":
+            return  # an HTTP/1.0 client without Host: not a browser
+        names, any_ip = self.server.host_names
+        if not host_ok(host, names, any_ip):
+            raise ApiError(403, f"Host {host!r} is not served here: use {self.server.url} (or localhost); "
+                           "start with --allow-host NAME to accept another name", code="host_not_allowed",
+                           type="permission_error")
+
+    def _check_post(self) -> None:
+        """403 for a foreign Origin, 415 unless the body is declared application/json."""
+        origin = self.headers.get("Origin")
+        if origin is not None and not same_origin(origin, self.headers.get("Host")):
+            raise ApiError(403, f"cross-origin requests are refused (Origin {origin!r}); "
+                           "call the API from its own page or without a browser", code="origin_not_allowed",
+                           type="permission_error")
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, f"Content-Type must be application/json; got {ctype or 'none'!r}",
+                           code="unsupported_media_type")
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (readable with nothing to read) or the socket broke.
+        poll(), not select(): select fails for descriptors above 1023 (a busy server has them)."""
+        try:
+            if hasattr(select, "poll"):
+                p = select.poll()
+                p.register(self.connection, select.POLLIN | select.POLLPRI)
+                events = p.poll(0)
+                if not events:
+                    return False
+                if events[0][1] & (select.POLLERR | select.POLLNVAL):
+                    return True
+            elif not select.select([self.connection], [], [], 0)[0]:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""  # readable: does not block
+        except (OSError, ValueError):
+            return True
 
     # ---- routing
 
@@ -264,6 +448,11 @@ class Handler(BaseHTTPRequestHandler):
         return None
 
     def do_GET(self) -> None:
+        try:
+            self._check_host()
+        except ApiError as e:
+            self._error(e)
+            return
         path = self._route("GET")
         if path in ("/", "/index.html"):
             self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
@@ -277,18 +466,28 @@ class Handler(BaseHTTPRequestHandler):
                              "stats": dict(engine.stats)})
 
     def do_POST(self) -> None:
-        if self._route("POST") is None:
-            return
         try:
+            self._check_host()
+            if self._route("POST") is None:
+                self._discard_body()
+                return
+            self._check_post()
             req = parse_chat_request(self._read_body(), models=self.server.bot.models, config=self.server.config)
             self._chat(req)
         except ApiError as e:
+            self._discard_body()
             self._error(e)
 
     def do_PUT(self) -> None:
-        self._route("PUT")
+        self._discard_body()
+        try:
+            self._check_host()
+        except ApiError as e:
+            self._error(e)
+            return
+        self._route(self.command)
 
-    do_DELETE = do_PATCH = do_PUT
+    do_DELETE = do_PATCH = do_OPTIONS = do_PUT
 
     # ---- I/O helpers
 
@@ -312,7 +511,23 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client is gone; nothing to tell it
 
+    def _discard_body(self) -> None:
+        """Read away a body that will not be used (closing on unread data resets the connection,
+        and the client would never see the answer), up to DRAIN_LIMIT; then close."""
+        self.close_connection = True
+        if self._body_read or self.command in (None, "GET", "HEAD"):
+            return
+        self._body_read = True
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return
+        if 0 < n <= DRAIN_LIMIT:
+            while n > 0 and (got := self.rfile.read(min(n, 1 << 16))):
+                n -= len(got)
+
     def _read_body(self) -> bytes:
+        self._body_read = True
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise ApiError(411, "send the body with a Content-Length header (chunked encoding is not supported)")
         length = self.headers.get("Content-Length")
@@ -340,9 +555,16 @@ class Handler(BaseHTTPRequestHandler):
         bot = self.server.bot
         try:
             reply, prompt = bot.ask(req.messages, finetuned=req.model == "finetuned", rag=req.rag,
-                                    max_new_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed)
+                                    max_new_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
+                                    top_p=req.top_p, gone=self._client_gone)
         except ChatbotError as e:
             raise _invalid(str(e), "rag" if req.rag and bot.retriever is None else "messages") from None
+        except InvalidRequest as e:
+            raise _invalid(str(e)) from None
+        except PromptCancelled:
+            log.info("client %s went away while its prompt was built; nothing queued", self.address_string())
+            self.close_connection = True
+            return
         except EngineBusy as e:
             raise ApiError(503, str(e), type="server_busy", code="queue_full", headers={"Retry-After": "1"}) from None
         except EngineClosed as e:
@@ -355,10 +577,14 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(req, reply, cid, created, sources)
             return
         try:
-            text = reply.text()
+            text = "".join(reply.pieces(self._client_gone, self.server.config.poll_s))
         except queue.Empty:
             reply.cancel()
             raise ApiError(500, "generation timed out", type="server_error", code="timeout") from None
+        if reply.cancelled:
+            log.info("client %s went away before its answer was ready; answer cancelled", self.address_string())
+            self.close_connection = True
+            return
         if reply.error:
             raise ApiError(500, reply.error, type="server_error", code="generation_failed")
         try:
@@ -383,8 +609,11 @@ class Handler(BaseHTTPRequestHandler):
                 first["sources"] = sources
             event(first)
             try:
-                for text in reply:
+                for text in reply.pieces(self._client_gone, self.server.config.poll_s):
                     event(chunk(cid, created, req.model, {"content": text}))
+                if reply.cancelled:
+                    log.info("client %s went away mid-stream; answer cancelled", self.address_string())
+                    return
             except queue.Empty:
                 reply.cancel()
                 event(ApiError(500, "generation timed out", type="server_error", code="timeout").body())
@@ -400,6 +629,15 @@ class Handler(BaseHTTPRequestHandler):
             reply.cancel()
             log.info("client %s went away mid-stream (%s); answer cancelled", self.address_string(),
                      type(e).__name__)
+        except Exception as e:  # headers are out: end the stream with an error event, never silently
+            reply.cancel()
+            log.exception("unexpected error while streaming")
+            try:
+                event(ApiError(500, f"internal error ({type(e).__name__}); see the server log", type="server_error",
+                               code="internal_error").body())
+                event("[DONE]")
+            except OSError:
+                pass
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -410,12 +648,14 @@ class ChatServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], bot: Chatbot, config: Optional[ServeConfig] = None):
         self.bot, self.config = bot, config or ServeConfig()
         self.created = int(time.time())
+        self.request_queue_size = self.config.backlog  # listen() backlog (the standard library's is 5)
+        self.host_names = allowed_hosts(address[0], tuple(self.config.allow_hosts))
         super().__init__(address, Handler)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def models_payload(self) -> dict:
         info = self.bot.info
@@ -456,9 +696,18 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
                     help="largest request body (default: %(default)s)")
     ap.add_argument("--client-timeout", type=float, default=d.client_timeout_s,
                     help="seconds a client may stall sending or reading (default: %(default)s)")
+    ap.add_argument("--max-messages", type=int, default=d.max_messages,
+                    help="messages a request may carry (default: %(default)s)")
+    ap.add_argument("--backlog", type=int, default=d.backlog,
+                    help="connections the kernel queues before they are accepted (default: %(default)s)")
+    ap.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="another name the Host header may carry (repeatable; default: the bound address and "
+                         "loopback names only)")
     args = ap.parse_args(argv)
-    if min(args.max_batch, args.max_waiting, args.max_tokens_limit, args.max_body_bytes, args.max_new_tokens) < 1:
-        ap.error("--max-batch, --max-waiting, --max-tokens-limit, --max-body-bytes and --max-new-tokens must be >= 1")
+    if min(args.max_batch, args.max_waiting, args.max_tokens_limit, args.max_body_bytes, args.max_new_tokens,
+           args.max_messages, args.backlog) < 1:
+        ap.error("--max-batch, --max-waiting, --max-tokens-limit, --max-body-bytes, --max-new-tokens, "
+                 "--max-messages and --backlog must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     system_prompt, top_k = defaults_from_params(args.params)
     rag = not args.no_rag and Path(args.encoder_dir).is_dir() and Path(args.chunks).is_file()
@@ -475,7 +724,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
                                "(build them with `dvc repro`, or fetch them with `dvc pull`)")
         log.info("%s", bot.rag_unavailable)
     config = ServeConfig(max_body_bytes=args.max_body_bytes, max_tokens_default=args.max_new_tokens,
-                         max_tokens_limit=args.max_tokens_limit, client_timeout_s=args.client_timeout)
+                         max_tokens_limit=args.max_tokens_limit, client_timeout_s=args.client_timeout,
+                         max_messages=args.max_messages, backlog=args.backlog, allow_hosts=tuple(args.allow_host))
     try:
         server = ChatServer((args.host, args.port), bot, config)
     except OSError as e:

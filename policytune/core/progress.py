@@ -1,4 +1,10 @@
-"""Progress lines with rate and ETA for long loops, written to stderr via logging.
+"""Logging for the whole package, and progress lines with rate and ETA for long loops.
+
+Every ``policytune.*`` logger (a stage's ``get_logger("split")`` or a module's
+``logging.getLogger("policytune.lm.engine")``) goes through ONE handler on the ``policytune``
+parent logger: stderr, ``HH:MM:SS <name>: message``, level ``POLICYTUNE_LOG_LEVEL`` (default
+INFO). It is set up by the first ``get_logger`` call or ``stage_parser`` (every stage), or
+explicitly with ``configure_logging()``.
 
 ``dvc repro`` shows stage output as it runs, so a user sees e.g.
 ``generate_qa: chunks 12/40 (30%) 0.8/s ETA 35s``.
@@ -17,15 +23,58 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def get_logger(stage: str) -> logging.Logger:
-    logger = logging.getLogger(f"policytune.{stage}")
-    if not logger.handlers:
+ROOT = "policytune"
+LEVEL_ENV = "POLICYTUNE_LOG_LEVEL"
+
+
+class _StageFormatter(logging.Formatter):
+    """``HH:MM:SS <name>: message`` where <name> is the logger's name after ``policytune.``
+    (``policytune.split`` -> ``split``, ``policytune.lm.engine`` -> ``lm.engine``)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(short_name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name
+        record.short_name = name[len(ROOT) + 1:] if name.startswith(ROOT + ".") else name
+        return super().format(record)
+
+
+def _our_handler(logger: logging.Logger) -> logging.Handler | None:
+    return next((h for h in logger.handlers if getattr(h, "_policytune", False)), None)
+
+
+def configure_logging(level: str | int | None = None) -> logging.Logger:
+    """Configure the ``policytune`` parent logger: one stderr handler for every ``policytune.*``
+    logger (stage loggers and module loggers alike; added once), level ``level`` or else
+    ``POLICYTUNE_LOG_LEVEL`` (default INFO). Records also propagate to the root logger, so an
+    application's (or pytest's caplog) own handlers see them too."""
+    root = logging.getLogger(ROOT)
+    if _our_handler(root) is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {stage}: %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(os.environ.get("POLICYTUNE_LOG_LEVEL", "INFO"))
-        logger.propagate = False
-    return logger
+        handler.setFormatter(_StageFormatter())
+        handler._policytune = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    lvl = level if level is not None else os.environ.get(LEVEL_ENV, "INFO")
+    try:
+        root.setLevel(lvl.upper() if isinstance(lvl, str) else lvl)
+    except ValueError:
+        root.setLevel(logging.INFO)
+        root.warning("%s=%r is not a logging level (DEBUG, INFO, WARNING, ERROR); using INFO", LEVEL_ENV, lvl)
+    return root
+
+
+def ensure_logging() -> None:
+    """:func:`configure_logging` unless it was done already (a level set since is kept)."""
+    if _our_handler(logging.getLogger(ROOT)) is None:
+        configure_logging()
+
+
+def get_logger(stage: str) -> logging.Logger:
+    """The logger ``policytune.<stage>`` (its lines: ``HH:MM:SS <stage>: message``); the first
+    call configures the package's logging (:func:`ensure_logging`)."""
+    ensure_logging()
+    return logging.getLogger(f"{ROOT}.{stage}")
 
 
 def _fmt_secs(s: float) -> str:

@@ -12,15 +12,19 @@
         sys.exit(main())
 
 ``--help`` prints the stage's docstring, one ``--<path>`` option per path (default: where
-dvc.yaml expects it) and every key of its ``params.yaml`` section with default and help text.
+dvc.yaml expects it) and every key of its ``params.yaml`` section with default, help text and
+the values it takes -- and exits before the stage reads or writes anything. The parser also
+configures the package's logging (``policytune.core.progress``, ``POLICYTUNE_LOG_LEVEL``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from typing import Any, Mapping, Optional
+
+from policytune.core.params import describe_type, field_hints, section_class
+from policytune.core.progress import ensure_logging
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -32,22 +36,26 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def params_help(cls: type, section: str, indent: str = "  ") -> list[str]:
-    """One line per key of ``section`` (nested dataclasses as dotted keys): default and help."""
+    """One line per key of ``section`` (nested dataclasses as dotted keys): default, help text and
+    the values it takes (``(one of 'chunk', 'doc')``, ``(a number in [0, 1])``)."""
     lines = []
-    hints = typing.get_type_hints(cls)
+    hints = field_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{section}.{f.name}"
-        if dataclasses.is_dataclass(hints.get(f.name)):
-            lines += params_help(hints[f.name], key, indent)
+        sub = section_class(hints[f.name])
+        if sub is not None:
+            lines += params_help(sub, key, indent)
             continue
         text = f.metadata.get("help", "")
-        lines.append(f"{indent}{key} = {_default(f)!r}" + (f"  {text}" if text else ""))
+        lines.append(f"{indent}{key} = {_default(f)!r}" + (f"  {text}" if text else "")
+                     + f"  ({describe_type(hints[f.name])})")
     return lines
 
 
 def stage_parser(doc: Optional[str], name: str, paths: Mapping[str, str] | None = None,
                  config: type | None = None, section: Optional[str] = None) -> argparse.ArgumentParser:
     """argparse parser of stage ``name``: ``--params``, one option per entry of ``paths``."""
+    ensure_logging()
     doc = (doc or "").strip()
     first, _, rest = doc.partition("\n")
     epilog = rest.strip("\n")

@@ -24,11 +24,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import polars as pl
 
 from policytune.core import records
-from policytune.core.params import ParamsError
+from policytune.core.params import NonNegInt, ParamsError, PositiveFloat, PositiveInt, Range
 from policytune.core.progress import Progress, get_logger
 from policytune.corpus.pdftext import Block, PageText, read_pdf
 from policytune.corpus.tokens import CJK_TOKEN_CHAR, tokenize
@@ -36,15 +37,15 @@ from policytune.corpus.tokens import CJK_TOKEN_CHAR, tokenize
 
 @dataclass
 class ExtractConfig:
-    max_tokens: int = field(default=180, metadata={"help": "most tokens in one chunk (regex word/punctuation "
+    max_tokens: Annotated[int, Range(ge=8)] = field(default=180, metadata={"help": "most tokens in one chunk (regex word/punctuation "
                                                            "tokens, see the module docstring)"})
-    overlap_tokens: int = field(default=30, metadata={"help": "tokens a chunk repeats from the end of the "
+    overlap_tokens: NonNegInt = field(default=30, metadata={"help": "tokens a chunk repeats from the end of the "
                                                               "previous chunk of the same section"})
-    min_chars: int = field(default=20, metadata={"help": "chunks with fewer non-space characters are dropped "
+    min_chars: NonNegInt = field(default=20, metadata={"help": "chunks with fewer non-space characters are dropped "
                                                          "(counted as short_dropped)"})
-    heading_size_ratio: float = field(default=1.04, metadata={"help": "a block is a heading when set at least this "
+    heading_size_ratio: PositiveFloat = field(default=1.04, metadata={"help": "a block is a heading when set at least this "
                                                                       "many times the body font size (and bold)"})
-    max_heading_chars: int = field(default=200, metadata={"help": "longer blocks are never headings"})
+    max_heading_chars: PositiveInt = field(default=200, metadata={"help": "longer blocks are never headings"})
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policytune.core.params import ParamsError
+from policytune.core.params import Fraction, NonNegFloat, NonNegInt, ParamsError, PositiveFloat, PositiveInt
 
 USER_AGENT = "policytune/0.1 (+https://github.com/policytune/policytune)"
 
@@ -20,29 +20,29 @@ class ScrapeConfig:
         metadata=_help("http(s) URLs, local HTML files, or folders (all *.html/*.htm below, sorted)"))
     crawl: bool = field(default=False, metadata=_help(
         "follow <a href> links from http(s) sources (same site, see allowed_domains)"))
-    max_depth: int = field(default=1, metadata=_help("crawl depth; sources are depth 0"))
+    max_depth: NonNegInt = field(default=1, metadata=_help("crawl depth; sources are depth 0"))
     allowed_domains: list[str] = field(default_factory=list, metadata=_help(
         "hosts the crawl may enter (subdomains included); empty = the hosts of the sources"))
-    max_pages: int = field(default=200, metadata=_help(
+    max_pages: PositiveInt = field(default=200, metadata=_help(
         "crawl stops discovering new URLs after this many rows (skipped URLs are counted)"))
-    timeout_s: float = field(default=10.0, metadata=_help(
+    timeout_s: PositiveFloat = field(default=10.0, metadata=_help(
         "seconds allowed to connect, for each read, and for a whole response"))
-    retries: int = field(default=3, metadata=_help(
+    retries: NonNegInt = field(default=3, metadata=_help(
         "extra attempts after a 5xx, 429, timeout, connection error or broken body"))
-    backoff_s: float = field(default=0.5, metadata=_help(
+    backoff_s: NonNegFloat = field(default=0.5, metadata=_help(
         "first retry waits this long, doubling each retry (unless Retry-After says otherwise)"))
-    max_retry_after_s: float = field(default=30.0, metadata=_help(
+    max_retry_after_s: NonNegFloat = field(default=30.0, metadata=_help(
         "longest Retry-After / Crawl-delay / backoff honoured; a longer Retry-After is a failure"))
-    max_bytes: int = field(default=5_000_000, metadata=_help(
+    max_bytes: PositiveInt = field(default=5_000_000, metadata=_help(
         "largest response body read; larger -> status too_large"))
-    max_redirects: int = field(default=5, metadata=_help("redirect hops followed per URL"))
+    max_redirects: NonNegInt = field(default=5, metadata=_help("redirect hops followed per URL"))
     respect_robots: bool = field(default=True, metadata=_help(
         "fetch robots.txt once per host and skip disallowed URLs (status robots_disallowed)"))
     user_agent: str = field(default=USER_AGENT, metadata=_help(
         "User-Agent header; robots.txt rules are matched on its first token ('policytune')"))
-    delay_s: float = field(default=0.5, metadata=_help(
+    delay_s: NonNegFloat = field(default=0.5, metadata=_help(
         "minimum seconds between two requests to the same host (robots Crawl-delay wins if larger)"))
-    min_ok_fraction: float = field(default=0.5, metadata=_help(
+    min_ok_fraction: Fraction = field(default=0.5, metadata=_help(
         "the stage fails (after writing the manifest) when ok rows / all rows is below this"))
 
     def __post_init__(self):

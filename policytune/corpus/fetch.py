@@ -14,13 +14,13 @@ import time
 import urllib.robotparser
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from policytune.core import records
+from policytune.core.http import parse_retry_after
 from policytune.core.progress import get_logger
 from policytune.corpus.charset import as_utf8_html, decode_html_ex, media_type
 from policytune.corpus.config import ScrapeConfig
@@ -31,26 +31,6 @@ log = get_logger("scrape")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309: parse at least the first 500 KiB
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent
-    or unparseable; 0 for a date in the past."""
-    if value is None:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
-    return max(0.0, (when - now).total_seconds())
 
 
 def utc_now() -> str:

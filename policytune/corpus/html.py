@@ -17,10 +17,12 @@ from __future__ import annotations
 import html as htmlmod
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bs4 import BeautifulSoup, UnicodeDammit
 from bs4.element import NavigableString, Tag
+
+from policytune.core.params import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 
 DEJAVU = "/usr/share/fonts/truetype/dejavu"
 
@@ -28,9 +30,9 @@ DEJAVU = "/usr/share/fonts/truetype/dejavu"
 @dataclass
 class RenderConfig:
     page_size: str = field(default="A4", metadata={"help": "paper size name known to pymupdf.paper_rect (A4, letter, ...)"})
-    margin_pt: float = field(default=54.0, metadata={"help": "page margin on every side, in points (72 pt = 1 inch)"})
-    font_size_pt: float = field(default=10.5, metadata={"help": "body text size in points; headings and tables scale from it"})
-    fonts: dict = field(default_factory=lambda: {
+    margin_pt: NonNegFloat = field(default=54.0, metadata={"help": "page margin on every side, in points (72 pt = 1 inch)"})
+    font_size_pt: PositiveFloat = field(default=10.5, metadata={"help": "body text size in points; headings and tables scale from it"})
+    fonts: dict[Literal["regular", "bold", "italic", "bold_italic", "mono"], str] = field(default_factory=lambda: {
         "regular": f"{DEJAVU}/DejaVuSans.ttf",
         "bold": f"{DEJAVU}/DejaVuSans-Bold.ttf",
         "italic": f"{DEJAVU}/DejaVuSans-Oblique.ttf",
@@ -42,14 +44,14 @@ class RenderConfig:
                           metadata={"help": "font for Chinese/Japanese/Korean runs (Debian fonts-noto-cjk); "
                                             "a .ttc face is picked per page (lang attribute, else kana/hangul); "
                                             "empty = MuPDF's built-in CJK fallback"})
-    min_chars: int = field(default=20, metadata={"help": "pages whose main content has fewer non-space "
+    min_chars: NonNegInt = field(default=20, metadata={"help": "pages whose main content has fewer non-space "
                                                          "characters are rejected as empty_content"})
     link_urls: bool = field(default=False, metadata={"help": "append absolute http(s) link targets in "
                                                              "parentheses after the link text"})
     chrome_pattern: str = field(default=r"cookie|consent|gdpr|banner|breadcrumb|skip-?link|newsletter",
                                 metadata={"help": "regex (case-insensitive) matched against id, class, "
                                                   "aria-label and role; matching elements are dropped"})
-    max_pdf_pages: int = field(default=300, metadata={"help": "pages longer than this many PDF pages are "
+    max_pdf_pages: PositiveInt = field(default=300, metadata={"help": "pages longer than this many PDF pages are "
                                                               "rejected as too_long (runaway layout guard)"})
 
 

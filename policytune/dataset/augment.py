@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
-from policytune.core.params import ParamsError
+from policytune.core.params import NonNegFloat, NonNegInt, ParamsError
 from policytune.core.records import stable_id
 from policytune.dataset.augment_ops import (CharConfig, SynonymConfig, SynonymReplacer, char_delete,
                                             char_swap, numbers_of, record_seed)
@@ -31,8 +31,8 @@ __all__ = ["OPS", "ENGINES", "AugmentConfig", "SynonymConfig", "BackTranslationC
 @dataclass
 class AugmentConfig:
     seed: int = field(default=42, metadata={"help": "global seed; each copy's seed derives from it and the qa_id"})
-    copies: int = field(default=1, metadata={"help": "augmented copies drawn per train row"})
-    weights: dict = field(default_factory=lambda: {op: 1.0 for op in OPS}, metadata={
+    copies: NonNegInt = field(default=1, metadata={"help": "augmented copies drawn per train row"})
+    weights: dict[Literal["synonym", "back_translation", "char_delete", "char_swap"], NonNegFloat] = field(default_factory=lambda: {op: 1.0 for op in OPS}, metadata={
         "help": "relative probability of each op (synonym, back_translation, char_delete, char_swap); "
                 "0 or left out disables it"})
     augment_answer: bool = field(default=False, metadata={"help": "also augment the answer (default: answers stay clean)"})

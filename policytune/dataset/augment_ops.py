@@ -13,15 +13,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from policytune.core.params import Fraction, NonNegInt, PositiveInt
 from policytune.core.records import stable_id
 from policytune.dataset.translate import EngineUnavailable
 
 
 @dataclass
 class SynonymConfig:
-    rate: float = field(default=0.15, metadata={
+    rate: Fraction = field(default=0.15, metadata={
         "help": "fraction of the words that have WordNet synonyms to replace (at least one)"})
-    max_senses: int = field(default=2, metadata={
+    max_senses: PositiveInt = field(default=2, metadata={
         "help": "take synonyms from the word's N most frequent senses only"})
     wordnet_dir: str = field(default="/usr/share/wordnet", metadata={
         "help": "WordNet 3.0 dict folder (Debian wordnet-base + wordnet-sense-index)"})
@@ -31,10 +32,10 @@ class SynonymConfig:
 
 @dataclass
 class CharConfig:
-    word_p: float = field(default=0.3, metadata={"help": "probability that an eligible word is altered (at least one word)"})
-    char_p: float = field(default=0.1, metadata={
+    word_p: Fraction = field(default=0.3, metadata={"help": "probability that an eligible word is altered (at least one word)"})
+    char_p: Fraction = field(default=0.1, metadata={
         "help": "in an altered word, probability of each further edit beyond the first"})
-    min_word_len: int = field(default=4, metadata={"help": "shorter words are never altered"})
+    min_word_len: NonNegInt = field(default=4, metadata={"help": "shorter words are never altered"})
 
 
 def record_seed(seed: int, qa_id: str, copy: int, part: str = "") -> int:

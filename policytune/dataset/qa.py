@@ -114,56 +114,124 @@ def build_messages(chunk: dict, cfg: GenerateQAConfig) -> list[dict]:
 @dataclass
 class Parsed:
     items: list                 # the list's complete elements (validated one by one later)
-    error: str | None = None    # output-level failure: no_json | not_a_list | empty_list | truncated | malformed_json
+    error: str | None = None    # output-level failure: see OUTPUT_ERRORS
     truncated: bool = False     # a cut-off list whose complete elements were salvaged
     tail: str = ""              # the incomplete element after the last complete one
 
+
+# Every output-level rejection reason parse_output can give (counted by generate_qa).
+OUTPUT_ERRORS = ("no_json", "not_a_list", "empty_list", "truncated", "malformed_json", "too_deep",
+                 "oversized_output", "not_text")
+
+# Parsing is total and bounded: any text gives a Parsed, never an exception, in time linear in
+# the reply (times the caps below). JSON nested deeper than MAX_JSON_DEPTH is rejected (too_deep)
+# whether the decoder would have hit Python's recursion limit or not; only the first MAX_STARTS
+# '[' and '{' are tried as the start of the list (a real reply has a handful); a reply longer than
+# MAX_REPLY_CHARS (far beyond any max_new_tokens) is not parsed at all.
+MAX_JSON_DEPTH = 64
+MAX_STARTS = 256
+MAX_REPLY_CHARS = 200_000
 
 _FENCE_RE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
 _DECODER = json.JSONDecoder()
 
 
-def _salvage(s: str, start: int) -> tuple[list, int, bool]:
+class _TooDeep(ValueError):
+    """A JSON value nested deeper than MAX_JSON_DEPTH."""
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            depth = max(depth, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return depth
+
+
+def _decode(s: str, pos: int) -> tuple[Any, int]:
+    """raw_decode at ``pos`` -> (value, end); raises _TooDeep or json.JSONDecodeError only.
+
+    Python's decoder raises RecursionError on deep input and ValueError on an integer of more
+    than 4,300 digits; both are an unusable value here."""
+    try:
+        val, end = _DECODER.raw_decode(s, pos)
+    except RecursionError:
+        raise _TooDeep(pos) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise json.JSONDecodeError(str(e)[:80], s, pos) from None
+    if json_depth(val) > MAX_JSON_DEPTH:
+        raise _TooDeep(pos)
+    return val, end
+
+
+def _salvage(s: str, start: int) -> tuple[list, int, bool, bool]:
     """Decode list elements one by one from s[start] == '['; stop at the first broken one.
 
-    Returns (items, position where decoding stopped, closed) where closed means ']' was reached.
+    Returns (items, position where decoding stopped, closed, deep) where closed means ']' was
+    reached and deep that decoding stopped at an element nested too deeply.
     """
     items, pos, n = [], start + 1, len(s)
     while True:
         while pos < n and s[pos] in " \t\r\n,":
             pos += 1
         if pos >= n:
-            return items, pos, False
+            return items, pos, False, False
         if s[pos] == "]":
-            return items, pos + 1, True
+            return items, pos + 1, True, False
         try:
-            item, pos = _DECODER.raw_decode(s, pos)
+            item, pos = _decode(s, pos)
+        except _TooDeep:
+            return items, pos, False, True
         except json.JSONDecodeError:
-            return items, pos, False
+            return items, pos, False, False
         items.append(item)
 
 
-def _nested(s: str, pos: int) -> bool:
-    """True when s[pos] lies inside a complete JSON object that starts earlier."""
-    for m in re.finditer(r"\{", s[:pos]):
-        try:
-            _, end = _DECODER.raw_decode(s, m.start())
-        except json.JSONDecodeError:
-            continue
-        if end > pos:
-            return True
-    return False
+class _Objects:
+    """Spans of the complete JSON objects of ``s``, each '{' decoded once (the first MAX_STARTS)."""
+
+    def __init__(self, s: str):
+        self.s = s
+        self._spans: list[tuple[int, int]] | None = None
+
+    def spans(self) -> list[tuple[int, int]]:
+        if self._spans is None:
+            self._spans = []
+            for k, m in enumerate(re.finditer(r"\{", self.s)):
+                if k >= MAX_STARTS:
+                    break
+                try:
+                    _, end = _decode(self.s, m.start())
+                except ValueError:  # JSONDecodeError and _TooDeep
+                    continue
+                self._spans.append((m.start(), end))
+        return self._spans
+
+    def nested(self, pos: int) -> bool:
+        """True when s[pos] lies inside a complete JSON object that starts earlier."""
+        return any(a < pos < b for a, b in self.spans())
 
 
 def _parse_text(s: str, finish_reason: str) -> Parsed:
-    starts = [m.start() for m in re.finditer(r"\[", s)]
     fallback: Parsed | None = None
-    for st in starts:
+    deep = False
+    objects = _Objects(s)
+    for k, m in enumerate(re.finditer(r"\[", s)):
+        if k >= MAX_STARTS:
+            break
+        st = m.start()
         try:
-            val, _ = _DECODER.raw_decode(s, st)
+            val, _ = _decode(s, st)
+        except _TooDeep:
+            val, deep = None, True
         except json.JSONDecodeError:
             val = None
-        if isinstance(val, list) and _nested(s, st):
+        if isinstance(val, list) and objects.nested(st):
             fallback = fallback or Parsed([], "not_a_list")  # e.g. {"pairs": [...]}: not the contract
             continue
         if isinstance(val, list):
@@ -172,29 +240,39 @@ def _parse_text(s: str, finish_reason: str) -> Parsed:
             if fallback is None:
                 fallback = Parsed(val) if val else Parsed([], "empty_list")
             continue
-        items, stop, closed = _salvage(s, st)
+        items, stop, closed, too_deep = _salvage(s, st)
+        deep = deep or too_deep
         if any(isinstance(v, dict) for v in items):
             tail = s[stop:].strip()
             return Parsed(items, None, truncated=not closed, tail=tail if not closed else "")
         if not closed and s[st:].lstrip("[ \t\r\n").startswith("{"):
             # A list of objects began but not one object is complete.
-            fallback = fallback or Parsed([], "truncated" if finish_reason == "length" else "malformed_json",
-                                          truncated=True, tail=s[st:])
+            why = "too_deep" if too_deep else "truncated" if finish_reason == "length" else "malformed_json"
+            fallback = fallback or Parsed([], why, truncated=True, tail=s[st:])
     if fallback is not None:
         return fallback
     i = s.find("{")
     if i >= 0:
         try:
-            _DECODER.raw_decode(s, i)
+            _decode(s, i)
             return Parsed([], "not_a_list")
+        except _TooDeep:
+            return Parsed([], "too_deep")
         except json.JSONDecodeError:
             if finish_reason == "length":
                 return Parsed([], "truncated", truncated=True, tail=s[i:])
-    return Parsed([], "no_json")
+    return Parsed([], "too_deep" if deep else "no_json")
 
 
-def parse_output(text: str, finish_reason: str = "stop") -> Parsed:
-    """Find the JSON list in a teacher reply: inside a code fence if there is one, else anywhere."""
+def parse_output(text: Any, finish_reason: str = "stop") -> Parsed:
+    """Find the JSON list in a teacher reply: inside a code fence if there is one, else anywhere.
+
+    Total: any input (not a string, too long, nested too deeply, cut off anywhere) gives a
+    Parsed whose ``error`` is one of OUTPUT_ERRORS or whose ``items`` are the list's elements."""
+    if not isinstance(text, str):
+        return Parsed([], "not_text")
+    if len(text) > MAX_REPLY_CHARS:
+        return Parsed([], "oversized_output")
     for m in _FENCE_RE.finditer(text):
         p = _parse_text(m.group(1), finish_reason)
         if p.error is None:
@@ -262,6 +340,17 @@ def normalise_for_dedupe(q: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", q.lower()).split())
 
 
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (a JSON ``"\\ud800"`` decodes to one; UTF-8 cannot write
+    them) turned into ``\\udXXX`` escapes; any other text unchanged."""
+    if not _SURROGATE_RE.search(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_pair(item: Any, chunk_text: str, cfg: GenerateQAConfig) -> tuple[dict | None, str | None, str]:
     """Validate one parsed element against the contract; returns (pair, None, '') or (None, reason, detail)."""
     if not isinstance(item, dict):
@@ -269,12 +358,14 @@ def check_pair(item: Any, chunk_text: str, cfg: GenerateQAConfig) -> tuple[dict 
     keys = set(item)
     if keys != {"question", "answer"}:
         missing, extra = {"question", "answer"} - keys, keys - {"question", "answer"}
-        detail = "; ".join(x for x in (f"missing {sorted(missing)}" if missing else "",
-                                       f"extra {sorted(extra)}" if extra else "") if x)
-        return None, "schema", detail
+        detail = "; ".join(x for x in (f"missing {sorted(missing)[:10]}" if missing else "",
+                                       f"extra {sorted(extra)[:10]}" if extra else "") if x)
+        return None, "schema", printable(detail[:500])
     q, a = item["question"], item["answer"]
     if not isinstance(q, str) or not isinstance(a, str):
         return None, "schema", "question and answer must be strings"
+    if _SURROGATE_RE.search(q) or _SURROGATE_RE.search(a):
+        return None, "schema", "question or answer is not valid Unicode text (a lone surrogate)"
     q, a = " ".join(q.split()), " ".join(a.split())
     if not q or not a:
         return None, "schema", "empty question or answer"
@@ -310,13 +401,14 @@ def evaluate_attempt(text: str, finish_reason: str, chunk_text: str,
     p = parse_output(text, finish_reason)
     rejects: list[dict] = []
     if p.error:
-        return [], [{"kind": "output", "reason": p.error, "detail": "", "raw": text[:2000]}]
+        raw = text if isinstance(text, str) else repr(text)
+        return [], [{"kind": "output", "reason": p.error, "detail": "", "raw": printable(raw[:2000])}]
     pairs: list[dict] = []
     for item in p.items:
         pair, reason, detail = check_pair(item, chunk_text, cfg)
         if pair is None:
             rejects.append({"kind": "pair", "reason": reason, "detail": detail,
-                            "raw": json.dumps(item, ensure_ascii=False)[:2000]})
+                            "raw": printable(json.dumps(item, ensure_ascii=False)[:2000])})
         elif len(pairs) >= cfg.n_pairs:
             rejects.append({"kind": "pair", "reason": "extra_pair", "detail": f"more than {cfg.n_pairs} pairs",
                             **pair})
@@ -324,6 +416,6 @@ def evaluate_attempt(text: str, finish_reason: str, chunk_text: str,
             pairs.append(pair)
     if p.truncated and "{" in p.tail:
         rejects.append({"kind": "pair", "reason": "truncated", "detail": "cut off before the pair was complete",
-                        "raw": p.tail[:2000]})
+                        "raw": printable(p.tail[:2000])})
     return pairs, rejects
 

@@ -24,7 +24,7 @@ from policytune.core.cache import JsonCache
 from policytune.core.progress import Progress, get_logger
 from policytune.core.records import sha256_text, stable_id
 from policytune.dataset.qa import (GenerateQAConfig, build_messages, chunk_title, evaluate_attempt,
-                                   normalise_for_dedupe, prompt_sha, token_overlap)
+                                   normalise_for_dedupe, printable, prompt_sha, token_overlap)
 from policytune.lm.backends import Backend
 from policytune.lm.embedding import Embed, load_embedder
 
@@ -32,9 +32,30 @@ from policytune.lm.embedding import Embed, load_embedder
 # Cache
 
 
+def valid_entry(entry: dict) -> bool:
+    """The shape :func:`_ask_round` writes and a rerun reads: ``key``, ``key_parts`` (a dict
+    whose hash is the key, with the backend's ``model`` fingerprint as a string) and
+    ``attempts``, a list of {"text": str, "finish_reason": str, "n_tokens": int >= 0, ...}.
+    Anything else (``[]``, missing keys, wrong types) is a corrupt entry: asked again."""
+    parts, attempts = entry.get("key_parts"), entry.get("attempts")
+    if not isinstance(parts, dict) or not isinstance(parts.get("model"), str) or not isinstance(attempts, list):
+        return False
+    if sha256_text(json.dumps(parts, sort_keys=True)) != entry.get("key"):
+        return False  # key_parts are not the ones this key was made from
+    for att in attempts:
+        if not isinstance(att, dict) or not isinstance(att.get("text"), str) \
+                or not isinstance(att.get("finish_reason"), str):
+            return False
+        n = att.get("n_tokens", 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            return False
+    return True
+
+
 def qa_cache(root: str | Path) -> JsonCache:
-    """The teacher-reply cache (``data/qa_cache``): entries carry their key, indent-1 JSON."""
-    return JsonCache(root, check_key=True, fmt="indent1")
+    """The teacher-reply cache (``data/qa_cache``): entries carry their key, indent-1 JSON; an
+    entry of the wrong shape (:func:`valid_entry`) is counted in ``cache_corrupt`` and regenerated."""
+    return JsonCache(root, check_key=True, fmt="indent1", validate=valid_entry)
 
 
 def cache_key_parts(chunk: dict, cfg: GenerateQAConfig, backend: Backend) -> dict:
@@ -125,10 +146,12 @@ def _ask_round(k: int, todo: list[str], temp: float, seed: int, entries: dict[st
     def save(i: int, o, k=k, todo=todo, temp=temp, seed=seed) -> None:
         key = todo[i]
         entry = entries[key]
-        entry["attempts"].append({"attempt": k, "temperature": temp, "seed": seed, "text": o.text,
+        # stored as valid_entry reads it back: text a writable string, whatever the backend gave
+        text = printable(o.text) if isinstance(o.text, str) else ("" if o.text is None else repr(o.text))
+        entry["attempts"].append({"attempt": k, "temperature": temp, "seed": seed, "text": text,
                                   "n_tokens": o.n_tokens, "finish_reason": o.finish_reason,
                                   "seconds": round(o.seconds, 3)})
-        ok = evaluate_attempt(o.text, o.finish_reason, first_chunk[key]["text"], cfg)[0]
+        ok = evaluate_attempt(text, o.finish_reason, first_chunk[key]["text"], cfg)[0]
         if ok:
             status[key] = k
         entry["pairs"] = ok

@@ -16,9 +16,9 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Annotated, Callable, Literal, Optional, Sequence
 
-from policytune.core.params import ParamsError
+from policytune.core.params import Fraction, ParamsError, Range
 from policytune.core.progress import get_logger
 from policytune.core.records import read_jsonl, stable_id
 from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT, to_messages
@@ -30,12 +30,12 @@ log = get_logger("split")
 
 @dataclass
 class SplitConfig:
-    train: float = field(default=0.7, metadata={"help": "fraction of rows for train"})
-    val: float = field(default=0.15, metadata={"help": "fraction of rows for val (early stopping)"})
-    test: float = field(default=0.15, metadata={"help": "fraction of rows for test; ignored with external_test"})
+    train: Fraction = field(default=0.7, metadata={"help": "fraction of rows for train"})
+    val: Fraction = field(default=0.15, metadata={"help": "fraction of rows for val (early stopping)"})
+    test: Fraction = field(default=0.15, metadata={"help": "fraction of rows for test; ignored with external_test"})
     seed: int = field(default=42, metadata={"help": "seed of the group order"})
-    group_by: str = field(default="chunk", metadata={"help": "chunk|doc: unit that never spans two splits"})
-    near_dup_threshold: Optional[float] = field(default=0.9, metadata={
+    group_by: Literal["chunk", "doc"] = field(default="chunk", metadata={"help": "chunk|doc: unit that never spans two splits"})
+    near_dup_threshold: Optional[Annotated[float, Range(ge=-1, le=1)]] = field(default=0.9, metadata={
         "help": "drop train/val rows whose question has cosine >= this with a test question; "
                 "null: exact (normalised) duplicates only, no encoder"})
     external_test: Optional[str] = field(default=None, metadata={

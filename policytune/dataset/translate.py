@@ -14,9 +14,9 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
-from policytune.core.params import ParamsError
+from policytune.core.params import Dtype, ParamsError, PositiveFloat, PositiveInt
 from policytune.core.progress import get_logger
 
 ENGINES = ("apertium", "google", "teacher")
@@ -27,21 +27,21 @@ log = get_logger("augment")
 @dataclass
 class TeacherConfig:
     """The ``teacher`` back-translation engine: a policytune.lm.backends local backend (its field names)."""
-    backend: str = field(default="local", metadata={"help": "policytune.lm.backends backend (local)"})
+    backend: Literal["local"] = field(default="local", metadata={"help": "policytune.lm.backends backend (local)"})
     model_dir: str = field(default="models/teacher", metadata={"help": "prepared causal LM folder"})
-    dtype: str = field(default="auto", metadata={"help": "auto|bfloat16|float16|float32"})
-    quantize: str = field(default="auto", metadata={"help": "none | int8 | auto (int8 Linear layers on a float32 CPU)"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
+    dtype: Dtype = field(default="auto", metadata={"help": "auto|bfloat16|float16|float32"})
+    quantize: Literal["none", "int8", "auto"] = field(default="auto", metadata={"help": "none | int8 | auto (int8 Linear layers on a float32 CPU)"})
+    batch_size: PositiveInt = field(default=8, metadata={"help": "prompts per generate call"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
-    max_new_tokens: int = field(default=128, metadata={"help": "token limit per translation"})
+    max_new_tokens: PositiveInt = field(default=128, metadata={"help": "token limit per translation"})
 
 
 @dataclass
 class BackTranslationConfig:
-    engine: str = field(default="apertium", metadata={"help": "apertium (offline) | google (network) | teacher (local LLM)"})
+    engine: Literal["apertium", "google", "teacher"] = field(default="apertium", metadata={"help": "apertium (offline) | google (network) | teacher (local LLM)"})
     pivot: str = field(default="es", metadata={"help": "pivot language (ISO 639-1)"})
-    timeout_s: float = field(default=120.0, metadata={"help": "limit per engine call (one Apertium batch, one Google request)"})
-    batch_size: int = field(default=256, metadata={"help": "texts per Apertium call / teacher batch"})
+    timeout_s: PositiveFloat = field(default=120.0, metadata={"help": "limit per engine call (one Apertium batch, one Google request)"})
+    batch_size: PositiveInt = field(default=256, metadata={"help": "texts per Apertium call / teacher batch"})
     keep_numbers: bool = field(default=True, metadata={
         "help": "skip a back translation whose numbers differ from the original's (counted)"})
     google_proxy: Optional[str] = field(default=None, metadata={"help": "https proxy URL for the google engine"})

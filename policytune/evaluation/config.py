@@ -4,8 +4,9 @@ it writes and the model comparisons it reports."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-from policytune.core.params import ParamsError
+from policytune.core.params import Dtype, NonNegFloat, NonNegInt, ParamsError, PositiveFloat, PositiveInt, Range
 from policytune.evaluation.metrics import BootstrapConfig
 from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT
 
@@ -21,16 +22,16 @@ COMPARISONS = (("delta", "finetuned", "base"), ("delta_rag", "finetuned_rag", "b
 @dataclass
 class RagConfig:
     enabled: bool = field(default=False, metadata={"help": "also evaluate base_rag and finetuned_rag"})
-    top_k: int = field(default=3, metadata={"help": "chunks retrieved (encoder cosine) into the prompt"})
-    max_chars: int = field(default=1500, metadata={"help": "each retrieved chunk is cut to this many characters"})
+    top_k: PositiveInt = field(default=3, metadata={"help": "chunks retrieved (encoder cosine) into the prompt"})
+    max_chars: PositiveInt = field(default=1500, metadata={"help": "each retrieved chunk is cut to this many characters"})
 
 
 @dataclass
 class BertScoreConfig:
-    num_layers: int = field(default=5, metadata={
+    num_layers: PositiveInt = field(default=5, metadata={
         "help": "encoder layer whose token vectors BERTScore compares (5 of 6 for MiniLM-L6, as bert-score "
                 "does for every 6-layer model)"})
-    batch_size: int = field(default=32, metadata={"help": "BERTScore batch size"})
+    batch_size: PositiveInt = field(default=32, metadata={"help": "BERTScore batch size"})
 
 
 @dataclass
@@ -38,22 +39,22 @@ class EvaluateConfig:
     base_dir: str = field(default="models/student", metadata={"help": "base model folder"})
     adapter_dir: str = field(default="models/adapter", metadata={"help": "LoRA adapter folder of the train stage"})
     encoder_dir: str = field(default="models/encoder", metadata={"help": "sentence-transformers folder"})
-    max_new_tokens: int = field(default=128, metadata={"help": "generation limit per answer"})
-    batch_size: int = field(default=32, metadata={"help": "questions decoded together (continuous batching; 32: the whole 30-question FAQ at once)"})
-    batching: str = field(default="continuous", metadata={
+    max_new_tokens: PositiveInt = field(default=128, metadata={"help": "generation limit per answer"})
+    batch_size: PositiveInt = field(default=32, metadata={"help": "questions decoded together (continuous batching; 32: the whole 30-question FAQ at once)"})
+    batching: Literal["continuous", "static"] = field(default="continuous", metadata={
         "help": "continuous: a finished answer leaves the batch and a waiting question joins (greedy only); "
                 "static: model.generate on fixed batches (also used whenever sampling is on)"})
     do_sample: bool = field(default=False, metadata={"help": "false = greedy decoding (reproducible)"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (do_sample only)"})
-    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling (do_sample only)"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "1.0 = none"})
+    temperature: NonNegFloat = field(default=0.7, metadata={"help": "sampling temperature (do_sample only)"})
+    top_p: Annotated[float, Range(gt=0, le=1)] = field(default=0.9, metadata={"help": "nucleus sampling (do_sample only)"})
+    repetition_penalty: PositiveFloat = field(default=1.0, metadata={"help": "1.0 = none"})
     seed: int = field(default=0, metadata={"help": "torch seed (matters only with do_sample)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system message of every prompt"})
-    dtype: str = field(default="auto", metadata={
+    dtype: Dtype = field(default="auto", metadata={
         "help": "auto (saved dtype; float32 where bf16 is not native) | float32 | bfloat16 | float16"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge LoRA into the weights in memory (faster)"})
-    ppl_batch_size: int = field(default=8, metadata={"help": "batch size of the reference-perplexity pass"})
-    limit: int = field(default=0, metadata={"help": "evaluate only the first N test questions (0 = all)"})
+    ppl_batch_size: PositiveInt = field(default=8, metadata={"help": "batch size of the reference-perplexity pass"})
+    limit: NonNegInt = field(default=0, metadata={"help": "evaluate only the first N test questions (0 = all)"})
     bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
     rag: RagConfig = field(default_factory=RagConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)

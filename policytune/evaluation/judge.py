@@ -12,6 +12,7 @@ CIs of fine-tuned minus base.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -73,7 +74,8 @@ class JudgeConfig:
         "help": "local: none | int8 | auto (int8 Linear layers on a float32 CPU; changes the scores slightly)"})
     prompt: str = field(default="compact", metadata={
         "help": "GEval results prompt: compact (G-Eval paper shape: criteria, steps, rubric, test case, "
-                "score first; via GEval's evaluation_template hook) | deepeval (deepeval's default template)"})
+                "score first; via GEval's evaluation_template hook) | deepeval (deepeval's default template); "
+                "both fence the test-case fields as data"})
     scoring: str = field(default="auto", metadata={
         "help": "probabilities (score = expected value over the score tokens; local only) | text "
                 "(free-text JSON, parsed and retried) | auto: probabilities for local, text otherwise"})
@@ -171,13 +173,43 @@ def metric_specs(cfg: JudgeConfig) -> list[dict]:
 
 
 def _unreadable(path: Path) -> None:
-    log.warning("unreadable cache entry %s; judging again", path)
+    log.warning("unreadable or malformed cache entry %s; judging again", path)
+
+
+JUDGEMENT_KEYS = frozenset({"score", "raw", "failed", "attempts", "reason", "seconds", "qa_id", "model", "metric"})
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def valid_judgement(entry: dict) -> bool:
+    """The shape :func:`judge_answers` writes: :func:`judge_one`'s record (score in 0..1, or None
+    for a failure; raw; failed: bool; attempts: int >= 0; reason: str; seconds) plus qa_id,
+    model and metric strings. ``[]``, ``{"failed": false}`` and the like are corrupt: judged again."""
+    if not JUDGEMENT_KEYS <= set(entry):
+        return False
+    failed, score, attempts = entry["failed"], entry["score"], entry["attempts"]
+    if not isinstance(failed, bool) or not isinstance(entry["reason"], str) or not _number(entry["seconds"]):
+        return False
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        return False
+    if not all(isinstance(entry[k], str) for k in ("qa_id", "model", "metric")):
+        return False
+    return score is None if failed else (_number(score) and 0.0 <= score <= 1.0)
+
+
+def valid_steps(entry: dict) -> bool:
+    """A cached evaluation-steps record: ``steps`` is a non-empty list of non-empty strings."""
+    steps = entry.get("steps")
+    return isinstance(steps, list) and bool(steps) and all(isinstance(x, str) and x.strip() for x in steps)
 
 
 def judge_cache(root: str | Path) -> JsonCache:
     """One JSON file per key under ``root/<key[:2]>/``, written atomically (a killed run loses at
-    most the judgement in flight); an unreadable entry is logged and judged again."""
-    return JsonCache(root, fmt="indent2", on_corrupt=_unreadable)
+    most the judgement in flight); an unreadable or wrong-shape entry (:func:`valid_judgement`,
+    :func:`valid_steps` for steps) is logged, counted (``cache_corrupt``) and judged again."""
+    return JsonCache(root, fmt="indent2", on_corrupt=_unreadable, validate=valid_judgement)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,16 +303,17 @@ def _make_geval(spec: dict, cfg: JudgeConfig, judge, steps: Optional[list[str]])
     from deepeval.metrics.g_eval.utils import Rubric
     from deepeval.test_case import SingleTurnParams
 
-    from policytune.evaluation.judge_llm import compact_template
+    from policytune.evaluation.judge_llm import compact_template, deepeval_template
 
     if cfg.prompt not in ("compact", "deepeval"):
         raise ParamsError(f"judge.prompt must be compact | deepeval, got {cfg.prompt!r}")
     rubric = [Rubric(score_range=(s, s), expected_outcome=text) for s, text in rubric_items(cfg)]
-    extra = {"evaluation_template": compact_template(spec["criteria"])} if cfg.prompt == "compact" else {}
+    # both say, before the test case, that its fenced fields are data (judge_llm.DATA_NOTE)
+    template = compact_template(spec["criteria"]) if cfg.prompt == "compact" else deepeval_template()
     return GEval(name=spec["name"], criteria=spec["criteria"],
                  evaluation_params=[SingleTurnParams(p) for p in spec["params"]],
                  evaluation_steps=steps, rubric=rubric, model=judge, async_mode=False,
-                 strict_mode=False, verbose_mode=False, **extra)
+                 strict_mode=False, verbose_mode=False, evaluation_template=template)
 
 
 def prompt_fingerprint(geval) -> str:
@@ -306,8 +339,8 @@ def evaluation_steps(spec: dict, cfg: JudgeConfig, judge, cache: JsonCache, iden
     key = "steps-" + stable_id({"v": CACHE_VERSION, "kind": "steps", "judge": ident["fingerprint"].split(":", 1)[-1],
                                 "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
                                 "prompt": prompt}, n=32)
-    hit = cache.get(key)
-    if hit and hit.get("steps"):
+    hit = cache.get(key, validate=valid_steps)
+    if hit:
         counters["steps_cache_hits"] += 1
         return hit["steps"], "cache", hit
     log.info("%s: generating evaluation steps with the judge (once; cached)", spec["name"])
@@ -330,8 +363,11 @@ def evaluation_steps(spec: dict, cfg: JudgeConfig, judge, cache: JsonCache, iden
 
 
 def _test_case_fields(spec: dict, item: dict, context: str) -> dict:
-    values = {"input": item["question"], "actual_output": item["answer"],
-              "expected_output": item["reference"], "context": [context]}
+    """The LLMTestCase fields the metric shows, each fenced as data (judge_llm.fence)."""
+    from policytune.evaluation.judge_llm import fence
+
+    values = {"input": fence(item["question"]), "actual_output": fence(item["answer"]),
+              "expected_output": fence(item["reference"]), "context": [fence(context or "")]}
     return {p: values[p] for p in spec["params"]}
 
 
@@ -491,7 +527,8 @@ def judge_answers(answers: list[dict], contexts: dict[str, tuple[str, str]], cfg
     items = select_answers(answers, cfg)
     ident = _judge_identity(judge, cfg)
     counters = {"model_calls": 0, "judged": 0, "cache_hits": 0, "steps_cache_hits": 0, "failures": 0,
-                "empty_answers": 0, "retried": 0, "judge_seconds": 0.0}
+                "empty_answers": 0, "retried": 0, "judge_seconds": 0.0, "cache_corrupt": 0}
+    corrupt0 = cache.corrupt
     t_start = time.monotonic()
     steps_info, gevals = _prepare_gevals(specs, cfg, judge, cache, ident, counters)
 
@@ -526,6 +563,7 @@ def judge_answers(answers: list[dict], contexts: dict[str, tuple[str, str]], cfg
     else:
         _run_concurrent(pending, specs, steps_info, cfg, judge, workers, done)
 
+    counters["cache_corrupt"] = cache.corrupt - corrupt0
     rows = [results[(a["qa_id"], a["model"], s["name"])] for a in items for s in specs]
     metrics = summarise(rows, items, specs, cfg)
     metrics.update({"judgements": len(rows), "judge_calls": counters["model_calls"],

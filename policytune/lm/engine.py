@@ -8,38 +8,75 @@
     reply.cancel()              # e.g. the client went away: the row leaves the batch at the next step
     engine.close()
 
+Sampling settings are checked by :func:`check_sampling` (``submit`` raises :class:`InvalidRequest`
+for anything out of range): temperature 0..2, where anything below :data:`MIN_TEMPERATURE` is
+greedy (``temperature: 1e-300`` would otherwise divide the logits into inf/NaN); top_p in (0, 1];
+a seed in [-2**63, 2**64) (negative seeds are taken modulo 2**64).
+
 Only the worker thread touches the model. ``submit`` (any thread) puts the request in a bounded
 waiting queue and returns at once; a full queue raises :class:`EngineBusy` (a server answers 503).
 Each step the worker
 
 1. admits waiting requests while fewer than ``max_batch`` rows decode: their prompts are
-   prefilled together (left-padded) and their KV caches merged into the running batch, so a new
+   prefilled together (left-padded, ``prefill_chunk`` positions per forward pass, so rows that were
+   all cancelled stop after one chunk) and their KV caches merged into the running batch, so a new
    question never waits for the answers already being written to finish;
 2. runs one decode step for every row (explicit positions per row, as in :mod:`policytune.lm.generation`,
    so each answer is computed as if decoded alone) and picks each row's next token: greedy at temperature 0, else sampled from
-   the row's own seeded generator;
+   the row's own seeded generator (with top_p, from the smallest set of tokens holding that much
+   probability). Each row is picked on its own: a row whose sampling fails (a broken generator,
+   non-finite probabilities) ends with finish_reason "error" and leaves the batch, and the other
+   rows go on with exactly the tokens they would have had without it;
 3. hands each token to its reply's streamer (a per-request queue: a consumer that reads slowly,
    or not at all, never holds up the worker) and drops finished or cancelled rows from the cache.
 
 With a PEFT model, ``adapter=False`` rows run with the LoRA adapter switched off for that row only
 (PEFT's mixed-adapter batches, ``adapter_names=[..., "__base__", ...]``), so base and fine-tuned
 answers share one batch.
+
+A prefill that raises fails only the rows it was admitting (when several were admitted together,
+each is retried alone, so one bad prompt fails only itself); a failing decode step fails the rows
+in the batch (the step's state cannot be trusted), never the worker.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from policytune.lm.generation import grow_in_place, left_pad, merge_batches
 
 log = logging.getLogger("policytune.lm.engine")
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
+MAX_TEMPERATURE = 2.0
+MIN_TEMPERATURE = 1e-3      # below this, sampling is greedy (the limit of softmax(logits / T) as T -> 0)
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+
+
+class InvalidRequest(ValueError):
+    """A sampling setting or prompt out of range (a server answers 400)."""
+
+
+def check_sampling(temperature=0.0, top_p=1.0, seed=None) -> tuple[float, float, Optional[int]]:
+    """Validated (temperature, top_p, seed): the temperature is 0 (greedy) below :data:`MIN_TEMPERATURE`,
+    the seed an int in [0, 2**64) or None. Raises :class:`InvalidRequest` naming the bad setting."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not number(temperature) or not 0 <= temperature <= MAX_TEMPERATURE:
+        raise InvalidRequest(f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}; got {temperature!r}")
+    if not number(top_p) or not 0 < top_p <= 1:
+        raise InvalidRequest(f"top_p must be a number greater than 0 and at most 1; got {top_p!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not SEED_MIN <= seed <= SEED_MAX):
+        raise InvalidRequest(f"seed must be an integer from {SEED_MIN} to {SEED_MAX}; got {seed!r}")
+    temperature = float(temperature) if temperature >= MIN_TEMPERATURE else 0.0
+    return temperature, float(top_p), (None if seed is None else seed % (1 << 64))
 
 
 class EngineBusy(RuntimeError):
@@ -66,13 +103,41 @@ class Reply:
     submitted_at: float = field(default_factory=time.monotonic)
     first_token_at: Optional[float] = None
     finished_at: Optional[float] = None
+    top_p: float = 1.0
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _row_error: Optional[str] = field(default=None, repr=False)  # set by the worker when this row's pick failed
 
     def __iter__(self) -> Iterator[str]:
         """Text pieces as they are generated; ends when the answer is finished (or failed).
 
         Raises ``queue.Empty`` if nothing arrives within the streamer's timeout."""
         return (text for text in self.streamer if text)
+
+    def pieces(self, gone: Optional[Callable[[], bool]] = None, poll_s: float = 0.25) -> Iterator[str]:
+        """Like iterating the reply, but every ``poll_s`` seconds (whether text arrives or not)
+        ``gone()`` is asked whether the consumer still wants the answer: True cancels the reply
+        and ends the iteration (the row leaves the batch, or never enters it). Raises
+        ``queue.Empty`` when nothing arrives within the streamer's timeout."""
+        q, stop, limit = self.streamer.text_queue, self.streamer.stop_signal, self.streamer.timeout
+        last_text = last_check = time.monotonic()
+        while True:
+            try:
+                text = q.get(timeout=poll_s)
+            except queue.Empty:
+                text = ""
+                if limit is not None and time.monotonic() - last_text >= limit:
+                    raise
+            else:
+                if text == stop:
+                    return
+                last_text = time.monotonic()
+            if gone is not None and time.monotonic() - last_check >= poll_s:
+                last_check = time.monotonic()
+                if gone():
+                    self.cancel()
+                    return
+            if text:
+                yield text
 
     def text(self) -> str:
         """Wait for the whole answer."""
@@ -94,9 +159,10 @@ class Engine:
     """Continuous-batching decode loop in one worker thread; see the module docstring."""
 
     def __init__(self, model, tokenizer, stop_ids: Sequence[int], *, max_batch: int = 8,
-                 max_waiting: int = 16, stream_timeout_s: Optional[float] = 600.0):
-        if max_batch < 1 or max_waiting < 1:
-            raise ValueError("max_batch and max_waiting must be >= 1")
+                 max_waiting: int = 16, stream_timeout_s: Optional[float] = 600.0, prefill_chunk: int = 512):
+        if max_batch < 1 or max_waiting < 1 or prefill_chunk < 1:
+            raise ValueError("max_batch, max_waiting and prefill_chunk must be >= 1")
+        self.prefill_chunk = prefill_chunk
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self.max_batch, self.max_waiting = max_batch, max_waiting
@@ -137,27 +203,30 @@ class Engine:
         return self
 
     def submit(self, prompt_ids: Sequence[int], *, max_new_tokens: int, temperature: float = 0.0,
-               seed: Optional[int] = None, adapter: bool = False) -> Reply:
-        """Queue one request; returns its :class:`Reply` at once (raises :class:`EngineBusy` if full)."""
+               seed: Optional[int] = None, adapter: bool = False, top_p: float = 1.0) -> Reply:
+        """Queue one request; returns its :class:`Reply` at once (raises :class:`EngineBusy` if full,
+        :class:`InvalidRequest` for settings out of range, see :func:`check_sampling`)."""
         import torch
         from transformers import TextIteratorStreamer
 
         if self._closed.is_set():
             raise EngineClosed("the engine is shut down")
         if adapter and not self.has_adapter:
-            raise ValueError("this model has no adapter loaded")
-        if max_new_tokens < 1 or not prompt_ids:
-            raise ValueError("need a non-empty prompt and max_new_tokens >= 1")
+            raise InvalidRequest("this model has no adapter loaded")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1 \
+                or not prompt_ids:
+            raise InvalidRequest("need a non-empty prompt and max_new_tokens >= 1")
+        temperature, top_p, seed = check_sampling(temperature, top_p, seed)
         generator = None
         if temperature > 0:
             generator = torch.Generator()
             if seed is None:
                 generator.seed()  # a fresh non-deterministic seed
             else:
-                generator.manual_seed(int(seed))
-        reply = Reply(list(prompt_ids), int(max_new_tokens), float(temperature), bool(adapter),
+                generator.manual_seed(seed)
+        reply = Reply(list(prompt_ids), int(max_new_tokens), temperature, bool(adapter),
                       TextIteratorStreamer(self.tokenizer, timeout=self.stream_timeout_s, skip_special_tokens=True),
-                      generator)
+                      generator, top_p=top_p)
         try:
             self._waiting.put_nowait(reply)
         except queue.Full:
@@ -188,7 +257,7 @@ class Engine:
                 new = self._take_waiting()
                 try:
                     if new:
-                        self._prefill(new)
+                        self._admit(new)
                     if self._rows:
                         self._decode_step()
                 except Exception as e:  # a failed step fails its rows, never the worker
@@ -223,12 +292,41 @@ class Engine:
         return self.model(input_ids=input_ids.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev),
                           past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
 
+    def _admit(self, new: list[Reply]) -> None:
+        """Prefill ``new`` together; if their prompt pass fails (before it touched the running
+        batch), retry each alone, so only the rows that fail by themselves end with an error."""
+        try:
+            self._prefill(new)
+        except _PrefillFailed as e:
+            if len(new) == 1:
+                log.warning("prefill failed: %s", e.cause)
+                self._finish(new[0], "error", f"generation failed: {type(e.cause).__name__}: {e.cause}")
+                return
+            for reply in new:
+                self._admit([reply])
+
     def _prefill(self, new: list[Reply]) -> None:
-        """Prompt pass for newly admitted rows, merged into the running batch; emits their first token."""
+        """Prompt pass for newly admitted rows, merged into the running batch; emits their first token.
+        Raises :class:`_PrefillFailed` if the prompt pass itself fails (the running batch untouched)."""
         import torch
 
         ids, attn = left_pad([r.prompt_ids for r in new], self.pad_id)
-        out = self._forward(ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), None, new)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        out, width = None, ids.shape[1]
+        # In chunks of prefill_chunk positions, so that rows whose clients all went away stop
+        # after at most one chunk instead of running a whole long prompt (a full 8k context
+        # takes minutes on a CPU).
+        for a in range(0, width, self.prefill_chunk):
+            if a and all(r.cancelled for r in new):
+                for r in new:
+                    self._finish(r, "cancelled")
+                return
+            b = min(width, a + self.prefill_chunk)
+            try:
+                out = self._forward(ids[:, a:b], attn[:, :b], positions[:, a:b],
+                                    out.past_key_values if out is not None else None, new)
+            except Exception as e:
+                raise _PrefillFailed(e) from e
         attn, pos = attn.to(self.device), attn.sum(-1).to(self.device)
         if not self._rows:
             self._cache, self._attn, self._pos = out.past_key_values, attn, pos
@@ -258,14 +356,17 @@ class Engine:
         self._settle(range(len(self._rows)), tokens)
 
     def _pick(self, logits, rows: list[Reply]) -> list[int]:
-        """Next token per row: argmax at temperature 0, else a sample from the row's generator."""
-        import torch
-
+        """Next token per row: argmax at temperature 0, else a sample from the row's generator.
+        A row whose sampling fails gets the pad id and its ``_row_error``; the others are unaffected."""
         tokens = logits.argmax(-1).tolist()
         for i, r in enumerate(rows):
             if r.temperature > 0:
-                probs = torch.softmax(logits[i].float().cpu() / r.temperature, dim=-1)
-                tokens[i] = int(torch.multinomial(probs, 1, generator=r.generator))
+                try:
+                    tokens[i] = sample(logits[i], r.temperature, r.top_p, r.generator)
+                except Exception as e:  # only this row's answer fails
+                    log.warning("sampling failed for one row: %s: %s", type(e).__name__, e)
+                    r._row_error = f"sampling failed: {type(e).__name__}: {e}"
+                    tokens[i] = self.pad_id
         return tokens
 
     def _settle(self, row_indices, tokens: list[int]) -> None:
@@ -276,6 +377,10 @@ class Engine:
         done = set()
         for i, tok in zip(row_indices, tokens):
             r = self._rows[i]
+            if r._row_error is not None:
+                self._finish(r, "error", r._row_error)
+                done.add(i)
+                continue
             r.completion_tokens += 1
             self._count("generated_tokens")
             if tok in self.stop_ids:
@@ -324,3 +429,30 @@ class Engine:
                 self._finish(self._waiting.get_nowait(), "error", error)
             except queue.Empty:
                 return
+
+
+class _PrefillFailed(Exception):
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def sample(logits, temperature: float, top_p: float = 1.0, generator=None) -> int:
+    """One token id drawn from softmax(logits / temperature), restricted to the top_p nucleus
+    (the most probable tokens whose probabilities sum to at least top_p; never empty).
+    Raises ValueError when the probabilities are not finite (the caller fails that row only)."""
+    import torch
+
+    if not temperature >= MIN_TEMPERATURE:
+        raise ValueError(f"temperature {temperature!r} is below {MIN_TEMPERATURE} (greedy, not sampled)")
+    x = logits.float().cpu()
+    probs = torch.softmax((x - x.max()) / temperature, dim=-1)  # max first: huge logits cannot overflow
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        raise ValueError("the token probabilities are not finite")
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        outside = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p  # the mass before this token already suffices
+        outside[0] = False
+        kept = sorted_probs.masked_fill(outside, 0.0)
+        return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))

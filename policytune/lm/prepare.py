@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from policytune.core.files import dir_bytes, replace_dir
 from policytune.core.progress import Progress, get_logger
@@ -35,7 +36,7 @@ class ModelsConfig:
 
 @dataclass
 class PrepareConfig:
-    dtype: str = field(default="bfloat16",
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="bfloat16",
                        metadata={"help": "dtype of converted causal LMs on disk: float32|bfloat16|float16"})
 
 

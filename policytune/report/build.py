@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
+from policytune.core.params import NonNegInt, PositiveInt
 from policytune.core.records import atomic_write_text, flatten
 from policytune.evaluation import metrics as M
 from policytune.evaluation.config import COMPARISONS
@@ -25,10 +26,11 @@ ASSETS = "report_assets"  # beside the report
 
 @dataclass
 class ReportConfig:
-    n_examples: int = field(default=5, metadata={"help": "example questions shown with both answers"})
-    example_metric: str = field(default="bertscore_f1", metadata={
+    n_examples: NonNegInt = field(default=5, metadata={"help": "example questions shown with both answers"})
+    example_metric: Literal["bertscore_p", "bertscore_r", "bertscore_f1", "cosine", "relevance", "token_f1",
+                            "rouge_l", "bleu", "answer_len", "ref_ppl", "ref_nll"] = field(default="bertscore_f1", metadata={
         "help": "per-example metric that picks the examples (largest gains, largest losses, a typical one)"})
-    max_chars: int = field(default=700, metadata={"help": "longer answers are cut to this many characters"})
+    max_chars: PositiveInt = field(default=700, metadata={"help": "longer answers are cut to this many characters"})
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
 

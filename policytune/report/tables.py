@@ -1,10 +1,17 @@
 """The report's tables: per-model statistics in the study's layout, deltas with verdicts, the
-example questions to show and the judge scores made wide."""
+example questions to show and the judge scores made wide.
+
+The per-example metrics are a polars frame: :func:`metric_frame` makes the long (model, metric,
+value) frame, :func:`describe_by_model` its group-by statistics, :func:`judge_wide` pivots the
+judge's long scores into one row per (question, model)."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
+
+import polars as pl
 
 from policytune.evaluation import metrics as M
 from policytune.report.format import MODEL_NAMES, STAT_ROWS, fmt, fmt_delta, judge_key
@@ -16,8 +23,44 @@ def models_in(rows: Sequence[dict]) -> list[str]:
     return order + [m for m in present if m not in order]
 
 
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else None
+
+
+def metric_frame(rows: Sequence[dict], metrics: Sequence[str]) -> pl.DataFrame:
+    """Per-example metrics as a long frame (model, metric, value), finite values only: a failed
+    or missing score (None, NaN, inf) is left out, as :func:`policytune.evaluation.metrics.describe`
+    leaves it out."""
+    model, metric, value = [], [], []
+    for r in rows:
+        for k in metrics:
+            model.append(r["model"])
+            metric.append(k)
+            value.append(_number(r.get(k)))
+    df = pl.DataFrame({"model": model, "metric": metric, "value": value},
+                      schema={"model": pl.String, "metric": pl.String, "value": pl.Float64})
+    return df.filter(pl.col("value").is_finite())
+
+
 def describe_by_model(rows: Sequence[dict], models: Sequence[str], metrics: Sequence[str]) -> dict:
-    return {(m, k): M.describe([r.get(k) for r in rows if r["model"] == m]) for m in models for k in metrics}
+    """{(model, metric): the study's summary row} (the keys of ``metrics.describe``: mean, std
+    with ddof=1, min, quartiles with linear interpolation, max, n) from one polars group-by."""
+    v = pl.col("value")
+    stats = metric_frame(rows, metrics).group_by("model", "metric").agg(
+        v.len().alias("n"), v.mean().alias("mean"), v.std(ddof=1).alias("std"), v.min().alias("min"),
+        v.quantile(0.25, "linear").alias("25%"), v.quantile(0.5, "linear").alias("50%"),
+        v.quantile(0.75, "linear").alias("75%"), v.max().alias("max"))
+    found = {(r.pop("model"), r.pop("metric")): r for r in stats.to_dicts()}
+    out = {}
+    for m in models:
+        for k in metrics:
+            r = found.get((m, k))
+            if r is None:  # no finite value: n 0, every statistic NaN
+                out[(m, k)] = {"n": 0, **{s: math.nan for s in M.STATS}}
+            else:
+                out[(m, k)] = {"n": int(r["n"]), **{s: float(r[s]) for s in M.STATS if s != "std"},
+                               "std": float(r["std"]) if r["n"] > 1 else 0.0}
+    return out
 
 
 def stats_table(desc: dict, models: Sequence[str], metrics: Sequence[str], names: dict) -> tuple[list, list, list]:
@@ -85,12 +128,19 @@ def pick_examples(per_example: Sequence[dict], metric: str, n: int) -> list[tupl
 
 
 def judge_wide(scores: Sequence[dict]) -> tuple[list[dict], list[str], dict]:
-    """Judge rows -> wide rows {qa_id, model, <key>: score}, metric keys in order, key -> name."""
-    wide: dict = {}
+    """Judge rows -> wide rows {qa_id, model, <key>: score} (a failed judgement scores None; a
+    repeated one counts its last row), metric keys in order, key -> name; rows and keys in the
+    order they first appear."""
     keys: dict = {}
     for r in scores:
-        k = judge_key(r["metric"])
-        keys.setdefault(k, str(r["metric"]))
-        w = wide.setdefault((r["qa_id"], r["model"]), {"qa_id": r["qa_id"], "model": r["model"]})
-        w[k] = None if r.get("failed") else r.get("score")
-    return list(wide.values()), list(keys), keys
+        keys.setdefault(judge_key(r["metric"]), str(r["metric"]))
+    if not keys:
+        return [], [], {}
+    long = pl.DataFrame({
+        "qa_id": [r["qa_id"] for r in scores], "model": [r["model"] for r in scores],
+        "key": [judge_key(r["metric"]) for r in scores],
+        "score": [None if r.get("failed") else _number(r.get("score")) for r in scores],
+    }, schema={"qa_id": pl.String, "model": pl.String, "key": pl.String, "score": pl.Float64})
+    wide = long.pivot(on="key", index=["qa_id", "model"], values="score", aggregate_function="last",
+                      maintain_order=True)
+    return wide.select("qa_id", "model", *keys).to_dicts(), list(keys), keys

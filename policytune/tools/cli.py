@@ -1,7 +1,8 @@
-"""The ``policytune`` console script: ``policytune chat`` and ``policytune serve``.
+"""The ``policytune`` console script: ``policytune chat``, ``policytune serve``, ``policytune params``.
 
     policytune chat [--base] [--rag] ...     # = python -m policytune.app.chat
     policytune serve [--port 8000] ...       # = python -m policytune.app.serve
+    policytune params [SECTION ...]          # = python -m policytune.tools.params_cli
     policytune <command> --help
 
 Each subcommand hands the rest of the command line to its module's ``main``.
@@ -16,6 +17,7 @@ from typing import Optional
 COMMANDS = {
     "chat": ("policytune.app.chat", "chat with the fine-tuned model in the terminal (answers streamed)"),
     "serve": ("policytune.app.serve", "local web app + OpenAI-compatible API: base vs fine-tuned side by side"),
+    "params": ("policytune.tools.params_cli", "print the effective params (params.yaml over the defaults), validated"),
 }
 
 
@@ -35,7 +37,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"policytune: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    module.main(argv[1:], prog=f"policytune {argv[0]}")
+    rc = module.main(argv[1:], prog=f"policytune {argv[0]}")
+    if rc:
+        raise SystemExit(rc)
 
 
 if __name__ == "__main__":

@@ -4,26 +4,27 @@ the stage reports when training cannot produce a meaningful model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-from policytune.core.params import ParamsError
+from policytune.core.params import NonNegFloat, NonNegInt, ParamsError, PositiveFloat, PositiveInt, Range
 
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 @dataclass
 class LoraParams:
-    r: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
-    dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"], metadata={
+    r: PositiveInt = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: PositiveInt = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    dropout: Annotated[float, Range(ge=0, lt=1)] = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata={
         "help": "names of the Linear modules that get adapters (all-linear: every Linear)"})
 
 
 @dataclass
 class EarlyStoppingParams:
-    patience: int = field(default=3, metadata={
+    patience: NonNegInt = field(default=3, metadata={
         "help": "stop after this many evals without improvement (0: never stop early)"})
-    min_delta: float = field(default=0.0, metadata={
+    min_delta: NonNegFloat = field(default=0.0, metadata={
         "help": "an eval loss counts as an improvement only if below best - min_delta"})
 
 
@@ -43,32 +44,32 @@ class TrainPaths:
 class TrainConfig:
     base_dir: str = field(default="models/student", metadata={"help": "base model folder"})
     lora: LoraParams = field(default_factory=LoraParams)
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "linear|cosine|constant (after warmup)"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "warmup as a fraction of all steps"})
-    warmup_steps: int = field(default=0, metadata={"help": "warmup steps; > 0 overrides warmup_ratio"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (LoRA params)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
-    batch_tokens: int = field(default=1024, metadata={
+    learning_rate: PositiveFloat = field(default=2e-4, metadata={"help": "peak learning rate"})
+    lr_scheduler: Literal["linear", "cosine", "constant"] = field(default="cosine", metadata={"help": "linear|cosine|constant (after warmup)"})
+    warmup_ratio: Annotated[float, Range(ge=0, lt=1)] = field(default=0.05, metadata={"help": "warmup as a fraction of all steps"})
+    warmup_steps: NonNegInt = field(default=0, metadata={"help": "warmup steps; > 0 overrides warmup_ratio"})
+    weight_decay: NonNegFloat = field(default=0.0, metadata={"help": "AdamW weight decay (LoRA params)"})
+    max_grad_norm: NonNegFloat = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    batch_tokens: PositiveInt = field(default=1024, metadata={
         "help": "micro-batch size in TOKENS: rows x longest row <= this (padding included); "
                 "a step has nproc x grad_accum micro-batches"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per rank per optimizer step"})
-    epochs: int = field(default=3, metadata={"help": "maximum epochs (early stopping may end sooner)"})
-    max_length: int = field(default=512, metadata={"help": "maximum tokens of one conversation"})
-    overlong: str = field(default="error", metadata={
+    grad_accum: PositiveInt = field(default=1, metadata={"help": "micro-batches per rank per optimizer step"})
+    epochs: PositiveInt = field(default=3, metadata={"help": "maximum epochs (early stopping may end sooner)"})
+    max_length: PositiveInt = field(default=512, metadata={"help": "maximum tokens of one conversation"})
+    overlong: Literal["error", "drop"] = field(default="error", metadata={
         "help": "error|drop: a row longer than max_length fails the stage, or is dropped and counted"})
     seed: int = field(default=0, metadata={"help": "seed of LoRA init, data order and dropout"})
-    dtype: str = field(default="auto", metadata={
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = field(default="auto", metadata={
         "help": "auto|bfloat16|float32: base weights (auto: bf16 where it runs natively, else fp32)"})
-    eval_every_steps: int = field(default=0, metadata={"help": "eval every N steps (0: each epoch end)"})
+    eval_every_steps: NonNegInt = field(default=0, metadata={"help": "eval every N steps (0: each epoch end)"})
     early_stopping: EarlyStoppingParams = field(default_factory=EarlyStoppingParams)
-    save_every_steps: int = field(default=0, metadata={
+    save_every_steps: NonNegInt = field(default=0, metadata={
         "help": "also checkpoint every N steps (0: only after each eval)"})
     resume: bool = field(default=True, metadata={"help": "resume from a matching checkpoint"})
     merge: bool = field(default=False, metadata={"help": "also write base+adapter merged to paths.merged"})
-    nproc: int = field(default=1, metadata={
+    nproc: PositiveInt = field(default=1, metadata={
         "help": "processes (DDP via torchrun: gloo on CPU, nccl on GPU); > 1 relaunches the stage"})
-    num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0: cores / nproc)"})
+    num_threads: NonNegInt = field(default=0, metadata={"help": "torch CPU threads per process (0: cores / nproc)"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the decoder MLPs and norms (measured on a 2-core AVX2 CPU: no gain "
                 "after about a minute of compiling; may help on GPUs)"})

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
+from huggingface_hub import EvalResult, ModelCardData
 
 from policytune.core.files import replace_dir
 from policytune.core.records import atomic_write_text, write_json
@@ -20,29 +23,93 @@ from policytune.training.lora import load_lora_state
 from policytune.training.loop import TrainState
 
 
+CARD_LICENSE = "apache-2.0"  # the project's license (pyproject, LICENSE); the model_card stage can override it
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_GGUF_QUANT = re.compile(r"[.-]((?:I?Q\d+(?:_[A-Z0-9]+)*)|F16|F32|BF16)\.gguf$", re.IGNORECASE)
+
+
+def gguf_origin(manifest: dict) -> Optional[dict]:
+    """What a ``policytune_model.json`` says about a base built by dequantizing a GGUF file (a
+    catalog language model or a local ``.gguf``): its file names, quantization type (read off the
+    file name, e.g. ``Q4_1``; None when the name does not say) and sha256; None otherwise."""
+    src = manifest.get("source") or {}
+    if src.get("type") not in ("catalog", "gguf") or manifest.get("kind", "causal_lm") != "causal_lm":
+        return None
+    files = [src["file"]] if src.get("file") else [p["file"] for p in src.get("packages") or [] if p.get("file")]
+    quant = next((m.group(1).upper() for f in files if (m := _GGUF_QUANT.search(Path(f).name))), None)
+    return {"files": files, "quantization": quant, "sha256": src.get("sha256")}
+
+
 def base_manifest(base_dir: str) -> dict:
     m = Path(base_dir) / "policytune_model.json"
     if m.is_file():
         info = json.loads(m.read_text())
         src = info.get("source", {})
         return {"spec": info.get("spec"), "upstream": src.get("upstream") or src.get("hub_id"),
-                "sha256": src.get("sha256"), "n_params": info.get("n_params"), "dtype": info.get("dtype")}
+                "sha256": src.get("sha256"), "n_params": info.get("n_params"), "dtype": info.get("dtype"),
+                "source_type": src.get("type"), "gguf": gguf_origin(info)}
     return {"spec": base_dir, "upstream": None, "sha256": base_identity(base_dir)}
 
 
-def model_card(info: dict) -> str:
+def base_model_id(info: dict) -> str:
+    """The card's ``base_model``: the Hugging Face id the base was made from when known, else its
+    spec (catalog name, path) or folder."""
     base = info["base_model"]
+    upstream = base.get("upstream")
+    if upstream and _HF_ID.match(str(upstream)):
+        return str(upstream)
+    return str(base.get("spec") or info["base_dir"])
+
+
+def card_data(info: dict, *, license: str = CARD_LICENSE, datasets: Sequence[str] = (),
+              eval_results: Sequence[EvalResult] = (), model_name: Optional[str] = None) -> ModelCardData:
+    """The card's Hugging Face front matter; ``eval_results`` become its ``model-index``."""
+    return ModelCardData(
+        license=license, library_name="peft", pipeline_tag="text-generation", base_model=base_model_id(info),
+        datasets=list(datasets) or None, tags=["lora", "peft", "policytune"],
+        model_name=(model_name or f"{base_model_id(info).rsplit('/', 1)[-1]}-policytune-lora") if eval_results else None,
+        eval_results=list(eval_results) or None)
+
+
+def dequantized_line(base: dict) -> Optional[str]:
+    """The card's sentence on a base dequantized from a GGUF file (None for any other base)."""
+    g = base.get("gguf")
+    if not g:
+        return None
+    files = ", ".join(f"`{f}`" for f in g.get("files") or []) or "a GGUF file"
+    what = f"a {g['quantization']} GGUF" if g.get("quantization") else "a GGUF file (quantization type not in its name)"
+    upstream = base.get("upstream") or base.get("spec")
+    return (f"**Base weights dequantized from {what}**: the base folder was built by `prepare_models` from "
+            f"{files} (sha256 `{g.get('sha256')}`), dequantized and saved as {base.get('dtype')}. The adapter was "
+            f"trained on these dequantized weights, which are not bit-identical to the original "
+            f"{upstream} release; use it with the same base folder.")
+
+
+def model_card(info: dict, *, license: str = CARD_LICENSE, datasets: Sequence[str] = (),
+               eval_results: Sequence[EvalResult] = (), evaluation: Optional[str] = None,
+               model_name: Optional[str] = None) -> str:
+    """The adapter's README.md: Hugging Face front matter, then what was trained on what.
+
+    The ``train`` stage writes it without evaluation (``evaluate`` runs after it); the
+    ``model_card`` stage writes the complete card: ``eval_results`` (the model-index) and the
+    ``evaluation`` section (Markdown) from metrics/eval.json."""
+    base = info["base_model"]
+    front = card_data(info, license=license, datasets=datasets, eval_results=eval_results,
+                      model_name=model_name).to_yaml()
+    deq = dequantized_line(base)
+    deq = f"\n{deq}\n" if deq else ""
+    evaluation = evaluation or ("Not in this card: `train` runs before `evaluate`. The `model_card` stage writes "
+                                "the complete card (this one plus the evaluation results and their model-index) "
+                                "to `models/card/README.md`.")
     return f"""---
-library_name: peft
-base_model: {base.get('upstream') or info['base_dir']}
-tags: [lora, policytune]
+{front}
 ---
 # policytune LoRA adapter
 
 LoRA adapter for **{base.get('upstream') or info['base_dir']}** (base folder `{info['base_dir']}`),
 fine-tuned by the policytune `train` stage on teacher-generated policy QA pairs. This is the
 **best** checkpoint by eval loss, not the last one.
-
+{deq}
 | | |
 |---|---|
 | best step | {info['best_step']} of {info['steps']} |
@@ -58,6 +125,12 @@ Data (sha256):
 Base model manifest: `{json.dumps(base, sort_keys=True)}`
 
 Loss on assistant tokens only; prompts are rendered with the tokenizer saved in this folder.
+
+## Evaluation
+
+{evaluation.strip()}
+
+## Use
 
 ```python
 from peft import PeftModel

@@ -24,24 +24,34 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 900
     return p
 
 
+# What DVC writes into the repository: the lock, the `cache: false` outputs (committed, see the
+# README's "Working as a team") and the .gitignore files of its outputs.
+DVC_WRITTEN = ("dvc.lock", "metrics/", "data/stats/", "data/eval/plots/")
+
+
+def dvc_written(rel: str) -> bool:
+    return rel.startswith(DVC_WRITTEN) or (rel.endswith(".gitignore") and rel.startswith(("data/", "models/")))
+
+
 def copy_repo(dest: Path) -> Path:
-    """Copy the project's source files (tracked + untracked-not-ignored) into a fresh git repo."""
+    """Copy the project into a fresh git repo, the way a fresh clone sees it: the source files
+    (tracked + untracked-not-ignored, as in the working tree), and of what DVC writes only the
+    committed version (HEAD) - never the outputs of the developer's own runs."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("models/", "data/raw/", "data/pdf/")):
+        if src.is_file() and not dvc_written(rel) and not rel.startswith(("models/", "data/raw/", "data/pdf/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    # Stage outputs of the developer's own runs must not leak into the copy.
-    for out in ("dvc.lock", "metrics"):
-        p = dest / out
-        if p.is_file():
-            p.unlink()
-        elif p.is_dir():
-            shutil.rmtree(p)
+    committed = subprocess.run(["git", "ls-tree", "-r", "-z", "--name-only", "HEAD"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(dvc_written, filter(None, committed)):
+        blob = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=REPO, capture_output=True, check=True).stdout
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(blob)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    run(["git", "init", "-q"], dest)
+    run(["git", "init", "-q", "-b", "main"], dest)
     run([*git, "add", "-A"], dest)
     run([*git, "commit", "-qm", "copy"], dest)
     return dest

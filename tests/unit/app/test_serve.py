@@ -201,7 +201,8 @@ def test_body_limits(server):
     status, err = post_chat(server.url, ask("x" * 20_000))
     assert status == 413 and "limit is 16384" in err["error"]["message"]
     with socket.create_connection(server.server_address, timeout=10) as s:  # no Content-Length
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         head = s.recv(65536).decode()
     assert head.startswith("HTTP/1.0 411") and "Content-Length" in head
 
@@ -248,7 +249,7 @@ def test_four_concurrent_streaming_clients(server):
 def _open_stream(server, max_tokens: int) -> socket.socket:
     body = json.dumps(ask(max_tokens=max_tokens, stream=True)).encode()
     s = socket.create_connection(server.server_address, timeout=10)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     return s
 

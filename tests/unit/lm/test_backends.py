@@ -407,3 +407,236 @@ def test_int8_quantize_is_opt_in_and_changes_the_cache_identity(tiny_model_dir):
     assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
     assert all(1 <= o.n_tokens <= 6 and o.finish_reason in ("stop", "length") for o in outs)
     assert [o.text for o in q.chat(PROMPTS[:3], max_new_tokens=6)] == [o.text for o in outs]  # deterministic
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile endpoints (tests/helpers/hostile_server.py): every misbehaviour is bounded in time
+# and size, retried with counted attempts, and ends in a reply, a counted rejection
+# (finish_reason "error") or a clear BackendError — never another exception.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from policytune.lm.backends import BadReply, parse_chat_completion, parse_converse  # noqa: E402
+from tests.helpers.hostile_server import HostileServer  # noqa: E402
+
+Q = [[{"role": "user", "content": "q"}]]
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    with HostileServer(huge_bytes=2 << 20, max_slow_s=15) as s:
+        yield s
+
+
+def _hostile_openai(srv: HostileServer, mode: str, **kw) -> OpenAIBackend:
+    base = dict(base_url=srv.openai_url(mode), model="m", api_key_env="", timeout_s=5.0, max_retries=1,
+                backoff_s=0.01, max_backoff_s=5.0, concurrency=1, max_reply_bytes=1 << 20)
+    return OpenAIBackend(OpenAIConfig(**{**base, **kw}))
+
+
+def _hostile_bedrock(srv: HostileServer, mode: str, **kw) -> BedrockBackend:
+    base = dict(model_id=mode, region="us-east-1", endpoint_url=srv.url, timeout_s=5.0, max_retries=1,
+                backoff_s=0.01, max_backoff_s=5.0, concurrency=1, max_reply_bytes=1 << 20)
+    return BedrockBackend(BedrockConfig(**{**base, **kw}))
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("content-number", "bad_content"), ("content-dict", "bad_content"), ("no-choices", "not_a_completion"),
+    ("cut-nolength", "not_json"), ("huge", "too_large"), ("huge-nolength", "too_large"),
+    ("huge-error", "too_large")])
+def test_openai_hostile_reply_is_retried_then_counted_as_rejected(hostile, mode, reason):
+    b = _hostile_openai(hostile, mode)
+    n0 = hostile.counts.get(mode, 0)
+    out = b.chat(Q, max_new_tokens=8)[0]
+    assert out.finish_reason == "error" and out.text == "" and out.n_tokens == 0
+    assert out.error.startswith(reason)
+    assert hostile.counts[mode] - n0 == 2 == b.stats["attempts"]  # retried once
+    assert b.stats["retries_by_reason"] == {reason: 1} and b.stats["rejected_by_reason"] == {reason: 1}
+    assert b.stats["prompts"] == 1
+
+
+def test_openai_content_as_text_parts_null_and_bad_usage(hostile):
+    b = _hostile_openai(hostile, "content-list")
+    assert b.chat(Q, max_new_tokens=8)[0].text == "ab"
+    out = _hostile_openai(hostile, "content-null").chat(Q, max_new_tokens=8)[0]
+    assert (out.text, out.finish_reason) == ("", "stop")
+    b = _hostile_openai(hostile, "usage-bad")
+    out = b.chat(Q, max_new_tokens=8)[0]
+    assert out.text == "echo:q" and out.n_tokens == 1  # estimated from the text
+    assert b.stats["bad_usage"] == 1 and b.stats["attempts"] == 1 and b.stats["retries"] == 0
+
+
+def test_openai_body_cut_short_is_retried_then_a_clear_error(hostile):
+    b = _hostile_openai(hostile, "cut", max_retries=2)
+    with pytest.raises(BackendError, match=r"connection broke during the reply in each of 3 attempts"):
+        b.chat(Q, max_new_tokens=8)
+    assert b.stats["attempts"] == 3 and b.stats["retries_by_reason"] == {"cut_short": 2}
+
+
+def test_openai_trickled_reply_ends_at_the_total_deadline(hostile):
+    """1 byte/s never trips a per-read timeout; the total deadline ends each attempt on time."""
+    b = _hostile_openai(hostile, "trickle", timeout_s=1.5, max_retries=1)
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=r"no complete reply within openai.timeout_s=1.5s.*each of 2 attempts"):
+        b.chat(Q, max_new_tokens=8)
+    assert time.monotonic() - t0 < 2 * 1.5 + 1.5
+    assert b.stats["attempts"] == 2 and b.stats["retries_by_reason"] == {"timeout": 1}
+
+
+@pytest.mark.parametrize("mode", ["429-seconds", "429-date"])
+def test_openai_retry_after_in_both_forms_is_honoured(hostile, mode):
+    """Retry-After: 1, or an HTTP-date 2 s ahead: the retry waits for it, not for backoff_s (0.01 s)."""
+    b = _hostile_openai(hostile, mode)
+    assert b.chat(Q, max_new_tokens=8)[0].text == "echo:q"
+    t = hostile.times[mode]
+    assert len(t) == 2 and t[1] - t[0] >= 0.9
+    assert b.stats["retries_by_reason"] == {"http_429": 1} and b.stats["attempts"] == 2
+
+
+def test_openai_503_then_ok(hostile):
+    b = _hostile_openai(hostile, "503-then-ok")
+    assert b.chat(Q, max_new_tokens=8)[0].text == "echo:q"
+    assert b.stats["retries_by_reason"] == {"http_503": 1} and b.stats["rejected"] == 0
+
+
+@pytest.fixture(scope="module")
+def aws_env(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        for k in list(os.environ):
+            if k.startswith("AWS_"):
+                mp.delenv(k)
+        none = str(tmp_path_factory.mktemp("aws") / "none")
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": none,
+                     "AWS_SHARED_CREDENTIALS_FILE": none}.items():
+            mp.setenv(k, v)
+        yield
+
+
+@pytest.mark.parametrize("mode, reason", [("content-number", "bad_content"), ("content-dict", "bad_content"),
+                                          ("no-choices", "not_a_completion"), ("huge", "too_large"),
+                                          ("cut-nolength", "not_json")])
+def test_bedrock_hostile_reply_is_retried_then_counted_as_rejected(hostile, aws_env, mode, reason):
+    b = _hostile_bedrock(hostile, mode)
+    out = b.chat(Q, max_new_tokens=8)[0]
+    assert out.finish_reason == "error" and out.text == "" and out.error.startswith(reason)
+    assert b.stats["attempts"] == 2 and b.stats["rejected_by_reason"] == {reason: 1}
+
+
+def test_bedrock_text_blocks_bad_usage_cut_short_and_trickle(hostile, aws_env):
+    assert _hostile_bedrock(hostile, "content-list").chat(Q, max_new_tokens=8)[0].text == "ab"
+    b = _hostile_bedrock(hostile, "usage-bad")
+    out = b.chat(Q, max_new_tokens=8)[0]
+    assert out.text == "echo:q" and out.finish_reason == "stop" and b.stats["bad_usage"] == 1
+    b = _hostile_bedrock(hostile, "cut")
+    with pytest.raises(BackendError, match=r"bedrock: the connection to .* broke during the reply"):
+        b.chat(Q, max_new_tokens=8)
+    assert b.stats["retries_by_reason"] == {"cut_short": 1}
+    b = _hostile_bedrock(hostile, "trickle", timeout_s=1.5)
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=r"no complete reply within bedrock.timeout_s=1.5s.*each of 2 attempts"):
+        b.chat(Q, max_new_tokens=8)
+    assert time.monotonic() - t0 < 2 * 1.5 + 1.5 and b.stats["retries_by_reason"] == {"timeout": 1}
+    b = _hostile_bedrock(hostile, "429-date")
+    assert b.chat(Q, max_new_tokens=8)[0].text == "echo:q"
+    t = hostile.times["converse:429-date"]
+    assert t[1] - t[0] >= 0.9 and b.stats["retries_by_reason"] == {"ThrottlingException": 1}
+
+
+# -- property tests over reply shapes --------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=20)
+
+
+def _maybe(valid):
+    return st.one_of(valid, _json)
+
+
+_part = _maybe(st.fixed_dictionaries({"type": _maybe(st.sampled_from(["text", "output_text", "refusal"])),
+                                      "text": _maybe(st.text(max_size=20))}))
+_content = st.one_of(st.text(max_size=40), st.none(), st.lists(_part, max_size=4), _json)
+_usage = _maybe(st.fixed_dictionaries({"completion_tokens": _maybe(st.integers(-5, 10 ** 12))}))
+_message = _maybe(st.fixed_dictionaries({"role": _maybe(st.just("assistant")), "content": _content}))
+_choice = _maybe(st.fixed_dictionaries({"message": _message,
+                                        "finish_reason": _maybe(st.sampled_from(["stop", "length"]))}))
+_completion = _maybe(st.fixed_dictionaries({"choices": _maybe(st.lists(_choice, max_size=2)), "usage": _usage}))
+_deep = st.builds(lambda d, c: c[0] * d + c[1] * d, st.integers(1, 200_000),
+                  st.sampled_from([("[", "]"), ('{"a":', "}"), ('{"choices":[', "]}")]))
+_raw = st.one_of(_completion.map(lambda v: json.dumps(v).encode()), _deep.map(str.encode),
+                 _deep.map(lambda s: s[: len(s) // 2].encode()), st.binary(max_size=64),
+                 st.text(max_size=64).map(lambda s: s.encode("utf-8", "surrogatepass")))
+
+N_PURE = int(os.environ.get("PT_HYPOTHESIS_REPLIES", "600"))
+
+
+@settings(max_examples=N_PURE, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_raw)
+def test_parse_chat_completion_is_total(raw):
+    """Any bytes, any JSON shape, any depth: a ParsedReply or a BadReply, nothing else."""
+    try:
+        p = parse_chat_completion(raw)
+    except BadReply as e:
+        assert e.reason in ("not_json", "not_a_completion", "bad_content")
+        return
+    assert isinstance(p.text, str) and p.finish_reason in ("stop", "length")
+    p.text.encode("utf-8")  # writable
+    assert p.n_tokens is None or (type(p.n_tokens) is int and p.n_tokens >= 0)
+
+
+_block = _maybe(st.fixed_dictionaries({"text": _maybe(st.text(max_size=20))}))
+_converse = _maybe(st.fixed_dictionaries({
+    "output": _maybe(st.fixed_dictionaries({"message": _maybe(st.fixed_dictionaries({
+        "role": st.just("assistant"), "content": _maybe(st.lists(_block, max_size=3))}))})),
+    "stopReason": _maybe(st.sampled_from(["end_turn", "max_tokens"])),
+    "usage": _maybe(st.fixed_dictionaries({"outputTokens": _maybe(st.integers(-5, 10 ** 12))}))}))
+
+
+@settings(max_examples=N_PURE, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_converse)
+def test_parse_converse_is_total(resp):
+    try:
+        p = parse_converse(resp)
+    except BadReply:
+        return
+    assert isinstance(p.text, str) and p.finish_reason in ("stop", "length")
+
+
+def _wire_ok(out) -> None:
+    assert isinstance(out.text, str) and type(out.n_tokens) is int and out.n_tokens >= 0
+    assert out.finish_reason in ("stop", "length", "error")
+
+
+N_WIRE = int(os.environ.get("PT_HYPOTHESIS_WIRE", "150"))
+
+
+@pytest.fixture(scope="module")
+def wire_backends(hostile, aws_env):
+    bs = {"openai": _hostile_openai(hostile, "raw", max_retries=0),
+          "bedrock": _hostile_bedrock(hostile, "raw", max_retries=0)}
+    yield bs
+    for b in bs.values():
+        b.close()
+
+
+@settings(max_examples=N_WIRE, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=_raw)
+def test_openai_backend_over_the_wire_never_raises_but_backend_error(hostile, wire_backends, raw):
+    hostile.raw = raw
+    try:
+        _wire_ok(wire_backends["openai"].chat(Q, max_new_tokens=8)[0])
+    except BackendError:
+        pass
+
+
+@settings(max_examples=N_WIRE, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=st.one_of(_converse.map(lambda v: json.dumps(v).encode()), _raw))
+def test_bedrock_backend_over_the_wire_never_raises_but_backend_error(hostile, wire_backends, raw):
+    hostile.raw = raw
+    try:
+        _wire_ok(wire_backends["bedrock"].chat(Q, max_new_tokens=8)[0])
+    except BackendError:
+        pass

@@ -1,11 +1,18 @@
 """The report's pure helpers: which example questions it shows, Markdown escaping, number
-formatting and judge metric keys."""
+formatting, judge metric keys, and the polars metric frame (the same statistics as
+metrics.describe) and judge pivot."""
 
 from __future__ import annotations
 
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policytune.evaluation import metrics as M
 from policytune.report.document import md_text
 from policytune.report.format import fmt, judge_key
-from policytune.report.tables import pick_examples
+from policytune.report.tables import describe_by_model, judge_wide, metric_frame, pick_examples
 from tests.helpers.report_rows import fixture_rows
 
 
@@ -24,3 +31,52 @@ def test_pick_examples_and_md_escape():
     assert md_text("a|b\nc *d*") == "a\\|b<br>c \\*d\\*"
     assert fmt(None) == "–" and fmt(0.12345) == "0.123" and fmt(1234.5, "ref_ppl") == "1234.5"
     assert judge_key("Correctness") == "correctness" and judge_key("Answer Relevancy") == "answer_relevancy"
+
+
+# ---------------------------------------------------------------------------------------------
+# the polars metric frame: the same statistics as metrics.describe, the judge pivot
+# ---------------------------------------------------------------------------------------------
+
+value = st.one_of(st.none(), st.just(math.nan), st.just(math.inf),
+                  st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.integers(-1000, 1000))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({"model": st.sampled_from(["base", "finetuned", "base_rag"]),
+                                            "a": value, "b": value}), max_size=30))
+def test_describe_by_model_matches_metrics_describe(rows):
+    models = ["base", "finetuned", "finetuned_rag"]  # finetuned_rag never present: n 0, all NaN
+    got = describe_by_model(rows, models, ["a", "b"])
+    assert set(got) == {(m, k) for m in models for k in ("a", "b")}
+    for (m, k), stats in got.items():
+        want = M.describe([r.get(k) for r in rows if r["model"] == m])
+        assert stats["n"] == want["n"] and set(stats) == set(want)
+        for s in M.STATS:
+            if math.isnan(want[s]):
+                assert math.isnan(stats[s]), (m, k, s)
+            else:
+                assert math.isclose(stats[s], want[s], rel_tol=1e-9, abs_tol=1e-9), (m, k, s, stats[s], want[s])
+
+
+def test_metric_frame_is_long_and_finite_only():
+    rows = [{"model": "base", "a": 1.0, "b": None}, {"model": "finetuned", "a": math.inf, "b": 2}]
+    df = metric_frame(rows, ["a", "b"])
+    assert df.columns == ["model", "metric", "value"]
+    assert df.rows() == [("base", "a", 1.0), ("finetuned", "b", 2.0)]
+
+
+def test_judge_wide_pivots_in_first_seen_order():
+    scores = [
+        {"qa_id": "q2", "model": "base", "metric": "Correctness", "score": 0.5, "failed": False},
+        {"qa_id": "q2", "model": "base", "metric": "Answer Relevancy", "score": None, "failed": True},
+        {"qa_id": "q1", "model": "finetuned", "metric": "Correctness", "score": 0.9, "failed": False},
+        {"qa_id": "q1", "model": "finetuned", "metric": "Correctness", "score": 0.7, "failed": False},  # repeat: last
+        {"qa_id": "q1", "model": "base", "metric": "Answer Relevancy", "score": 1, "failed": False},
+    ]
+    rows, keys, names = judge_wide(scores)
+    assert keys == ["correctness", "answer_relevancy"]
+    assert names == {"correctness": "Correctness", "answer_relevancy": "Answer Relevancy"}
+    assert rows == [{"qa_id": "q2", "model": "base", "correctness": 0.5, "answer_relevancy": None},
+                    {"qa_id": "q1", "model": "finetuned", "correctness": 0.7, "answer_relevancy": None},
+                    {"qa_id": "q1", "model": "base", "correctness": None, "answer_relevancy": 1.0}]
+    assert judge_wide([]) == ([], [], {})
