@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from policytune.core.params import Dtype, Fraction, NonNegFloat, NonNegInt, PositiveInt, Range
 from policytune.core.records import stable_id
 from policytune.lm.backends import BedrockConfig, OpenAIConfig
 
@@ -22,32 +23,32 @@ DEFAULT_PREFILL = '[\n  {\n    "question": "'
 
 @dataclass
 class GenerateQAConfig:
-    backend: str = field(default="local", metadata={"help": "teacher backend: local | openai | bedrock"})
+    backend: Literal["local", "openai", "bedrock"] = field(default="local", metadata={"help": "teacher backend: local | openai | bedrock"})
     model_dir: str = field(default="models/teacher", metadata={"help": "local backend: model folder"})
-    dtype: str = field(default="auto", metadata={"help": "local: auto (bf16 where supported) | float32 | bfloat16"})
+    dtype: Dtype = field(default="auto", metadata={"help": "local: auto (bf16 where supported) | float32 | bfloat16"})
     device: str = field(default="auto", metadata={"help": "local: auto | cpu | cuda"})
-    quantize: str = field(default="auto", metadata={
+    quantize: Literal["none", "int8", "auto"] = field(default="auto", metadata={
         "help": "local: none | int8 | auto (int8 Linear layers on a float32 CPU: decode 4.5x, prefill 1.2x faster)"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per batch (local: one padded generate call)"})
-    n_pairs: int = field(default=3, metadata={"help": "QA pairs asked for per chunk"})
-    max_new_tokens: int = field(default=256, metadata={"help": "teacher token limit per reply"})
-    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    batch_size: PositiveInt = field(default=16, metadata={"help": "prompts per batch (local: one padded generate call)"})
+    n_pairs: PositiveInt = field(default=3, metadata={"help": "QA pairs asked for per chunk"})
+    max_new_tokens: PositiveInt = field(default=256, metadata={"help": "teacher token limit per reply"})
+    temperature: NonNegFloat = field(default=0.0, metadata={"help": "0 = greedy"})
     seed: int = field(default=0, metadata={"help": "sampling seed (attempt k uses seed + k)"})
-    max_retries: int = field(default=2, metadata={"help": "re-asks for an output with no valid pair"})
-    retry_temperature: float = field(default=0.7, metadata={"help": "sampling temperature for retries"})
+    max_retries: NonNegInt = field(default=2, metadata={"help": "re-asks for an output with no valid pair"})
+    retry_temperature: NonNegFloat = field(default=0.7, metadata={"help": "sampling temperature for retries"})
     prefill: str = field(default=DEFAULT_PREFILL, metadata={
         "help": "text the assistant reply is pre-started with ('' = none); raised valid JSON 0/16 -> 15/16 for the 1.5B"})
-    max_answer_words: int = field(default=40, metadata={"help": "answer length asked for in the prompt"})
-    reject_answer_words: int = field(default=60, metadata={"help": "answers longer than this are rejected (too_long)"})
-    min_question_words: int = field(default=4, metadata={"help": "shorter questions are rejected (too_short)"})
-    max_question_words: int = field(default=40, metadata={"help": "longer questions are rejected (too_long)"})
-    min_chunk_words: int = field(default=30, metadata={"help": "chunks with fewer words are skipped (counted)"})
-    min_answer_overlap: float = field(default=0.5, metadata={
+    max_answer_words: PositiveInt = field(default=40, metadata={"help": "answer length asked for in the prompt"})
+    reject_answer_words: PositiveInt = field(default=60, metadata={"help": "answers longer than this are rejected (too_long)"})
+    min_question_words: NonNegInt = field(default=4, metadata={"help": "shorter questions are rejected (too_short)"})
+    max_question_words: PositiveInt = field(default=40, metadata={"help": "longer questions are rejected (too_long)"})
+    min_chunk_words: NonNegInt = field(default=30, metadata={"help": "chunks with fewer words are skipped (counted)"})
+    min_answer_overlap: Fraction = field(default=0.5, metadata={
         "help": "grounding: share of the answer's content words found in the chunk (0 disables)"})
-    min_pair_cosine: float = field(default=0.3, metadata={
+    min_pair_cosine: Annotated[float, Range(ge=-1, le=1)] = field(default=0.3, metadata={
         "help": "grounding: encoder cosine of the pair (question + answer) with its chunk (0 disables); "
                 "not of the bare answer, whose cosine with any chunk is low when it is short ('CL-12', '30 days')"})
-    dedupe_cosine: float = field(default=0.9, metadata={
+    dedupe_cosine: Annotated[float, Range(ge=-1, le=1)] = field(default=0.9, metadata={
         "help": "questions at or above this encoder cosine to an earlier kept question are near-duplicates"})
     encoder_dir: str = field(default="models/encoder", metadata={"help": "sentence-transformers folder"})
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)

@@ -18,13 +18,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 os.environ["DEEPEVAL_TELEMETRY_OPT_OUT"] = "YES"  # deepeval must never phone home
 os.environ.setdefault("DEEPEVAL_DISABLE_DOTENV", "1")
 
 from policytune.core.cache import JsonCache  # noqa: E402
-from policytune.core.params import ParamsError  # noqa: E402
+from policytune.core.params import (Dtype, NonNegFloat, NonNegInt, ParamsError, PositiveInt,  # noqa: E402
+                                     Range)
 from policytune.core.progress import Progress, get_logger  # noqa: E402
 from policytune.core.records import stable_id  # noqa: E402
 from policytune.evaluation.config import COMPARISONS as EVAL_COMPARISONS  # noqa: E402
@@ -66,39 +67,39 @@ COMPARISONS = EVAL_COMPARISONS[:2]
 
 @dataclass
 class JudgeConfig:
-    backend: str = field(default="local", metadata={"help": "local | openai | bedrock"})
+    backend: Literal["local", "openai", "bedrock"] = field(default="local", metadata={"help": "local | openai | bedrock"})
     model_dir: str = field(default="models/judge", metadata={"help": "local judge model folder (backend: local)"})
-    dtype: str = field(default="auto", metadata={"help": "local: auto | float32 | bfloat16 | float16"})
+    dtype: Dtype = field(default="auto", metadata={"help": "local: auto | float32 | bfloat16 | float16"})
     device: str = field(default="auto", metadata={"help": "local: auto | cpu | cuda"})
-    quantize: str = field(default="none", metadata={
+    quantize: Literal["none", "int8", "auto"] = field(default="none", metadata={
         "help": "local: none | int8 | auto (int8 Linear layers on a float32 CPU; changes the scores slightly)"})
-    prompt: str = field(default="compact", metadata={
+    prompt: Literal["compact", "deepeval"] = field(default="compact", metadata={
         "help": "GEval results prompt: compact (G-Eval paper shape: criteria, steps, rubric, test case, "
                 "score first; via GEval's evaluation_template hook) | deepeval (deepeval's default template); "
                 "both fence the test-case fields as data"})
-    scoring: str = field(default="auto", metadata={
+    scoring: Literal["auto", "probabilities", "text"] = field(default="auto", metadata={
         "help": "probabilities (score = expected value over the score tokens; local only) | text "
                 "(free-text JSON, parsed and retried) | auto: probabilities for local, text otherwise"})
     openai: OpenAIConfig = field(default_factory=OpenAIConfig, metadata={"help": "backend: openai"})
     bedrock: BedrockConfig = field(default_factory=BedrockConfig, metadata={"help": "backend: bedrock"})
-    metrics: dict = field(default_factory=lambda: dict(DEFAULT_METRICS), metadata={
+    metrics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_METRICS), metadata={
         "help": "G-Eval metric name -> criteria text"})
-    evaluation_params: dict = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_EVALUATION_PARAMS.items()},
+    evaluation_params: dict[str, list[Literal["input", "actual_output", "expected_output", "context"]]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_EVALUATION_PARAMS.items()},
                                     metadata={"help": "metric name -> test-case fields the judge sees "
                                                       "(input, actual_output, expected_output, context)"})
-    evaluation_steps: dict = field(default_factory=dict, metadata={
+    evaluation_steps: dict[str, list[str]] = field(default_factory=dict, metadata={
         "help": "metric name -> fixed list of evaluation steps; metrics not listed get steps "
                 "generated once by the judge from the criteria (cached)"})
-    rubric: dict = field(default_factory=lambda: dict(DEFAULT_RUBRIC), metadata={
+    rubric: dict[int, str] = field(default_factory=lambda: dict(DEFAULT_RUBRIC), metadata={
         "help": "score -> description; consecutive integers, single digits for probability scoring"})
-    max_retries: int = field(default=2, metadata={"help": "re-asks after a malformed judge output; then a counted failure"})
-    temperature: float = field(default=0.0, metadata={"help": "judge sampling temperature (0 = deterministic)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "cap on generated tokens (text scoring, evaluation steps)"})
+    max_retries: NonNegInt = field(default=2, metadata={"help": "re-asks after a malformed judge output; then a counted failure"})
+    temperature: NonNegFloat = field(default=0.0, metadata={"help": "judge sampling temperature (0 = deterministic)"})
+    max_new_tokens: PositiveInt = field(default=256, metadata={"help": "cap on generated tokens (text scoring, evaluation steps)"})
     seed: int = field(default=0, metadata={"help": "judge seed and bootstrap seed"})
-    limit: int = field(default=0, metadata={"help": "judge only the first N questions (all models); 0 = all"})
-    models: list = field(default_factory=list, metadata={"help": "answer models to judge; empty = all in answers"})
-    bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples for the delta CIs"})
-    ci: float = field(default=0.95, metadata={"help": "confidence level of the CIs"})
+    limit: NonNegInt = field(default=0, metadata={"help": "judge only the first N questions (all models); 0 = all"})
+    models: list[str] = field(default_factory=list, metadata={"help": "answer models to judge; empty = all in answers"})
+    bootstrap: PositiveInt = field(default=2000, metadata={"help": "bootstrap resamples for the delta CIs"})
+    ci: Annotated[float, Range(gt=0, lt=1)] = field(default=0.95, metadata={"help": "confidence level of the CIs"})
 
 
 class JudgeStageError(RuntimeError):

@@ -19,9 +19,11 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Annotated, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from policytune.core.params import PositiveInt, Range
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _ARTICLES = {"a", "an", "the"}
@@ -41,9 +43,9 @@ DIRECTION: dict[str, int] = {
 @dataclass
 class BootstrapConfig:
     """Paired-bootstrap settings shared by evaluate, judge and report (``<section>.bootstrap``)."""
-    n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples for every CI"})
+    n_resamples: PositiveInt = field(default=2000, metadata={"help": "bootstrap resamples for every CI"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
-    ci: float = field(default=0.95, metadata={"help": "confidence level of the percentile intervals"})
+    ci: Annotated[float, Range(gt=0, lt=1)] = field(default=0.95, metadata={"help": "confidence level of the percentile intervals"})
 
 
 STATS = ("mean", "std", "min", "25%", "50%", "75%", "max")

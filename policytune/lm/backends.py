@@ -70,6 +70,7 @@ from policytune.lm.loading import QUANTIZE, quantize_int8, resolve_dtype, resolv
 from policytune.lm.catalog import saved_dtype
 from policytune.core import hashing
 from policytune.core.http import bounded, bounded_client, parse_retry_after
+from policytune.core.params import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 from policytune.core.records import sha256_text
 
 log = logging.getLogger("policytune.lm.backends")
@@ -102,15 +103,15 @@ class OpenAIConfig:
     model: str = field(default="", metadata={"help": "model name the server knows"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={
         "help": "name of the environment variable holding the API key (unset = no key sent)"})
-    timeout_s: float = field(default=120.0, metadata={
+    timeout_s: PositiveFloat = field(default=120.0, metadata={
         "help": "total time for one request: connect, send, wait and read the whole reply (a slower "
                 "attempt is cut off and retried)"})
-    max_retries: int = field(default=5, metadata={
+    max_retries: NonNegInt = field(default=5, metadata={
         "help": "retries on 429/5xx, connection errors, cut-short or late replies and malformed replies"})
-    backoff_s: float = field(default=1.0, metadata={"help": "first backoff; doubles per retry"})
-    max_backoff_s: float = field(default=30.0, metadata={"help": "cap on one backoff (and on Retry-After)"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight at once"})
-    max_reply_bytes: int = field(default=8 << 20, metadata={
+    backoff_s: NonNegFloat = field(default=1.0, metadata={"help": "first backoff; doubles per retry"})
+    max_backoff_s: NonNegFloat = field(default=30.0, metadata={"help": "cap on one backoff (and on Retry-After)"})
+    concurrency: PositiveInt = field(default=4, metadata={"help": "requests in flight at once"})
+    max_reply_bytes: PositiveInt = field(default=8 << 20, metadata={
         "help": "largest reply body accepted; a bigger one is cut off, retried, then counted as rejected"})
     prefill: bool = field(default=False, metadata={
         "help": "send the prefill as a final assistant message with continue_final_message "
@@ -123,16 +124,16 @@ class BedrockConfig:
         "help": "Bedrock model id or inference profile id"})
     region: str = field(default="us-east-1", metadata={"help": "AWS region of bedrock-runtime"})
     endpoint_url: str = field(default="", metadata={"help": "override the endpoint (VPC endpoint, tests)"})
-    timeout_s: float = field(default=120.0, metadata={
+    timeout_s: PositiveFloat = field(default=120.0, metadata={
         "help": "total time for one request: connect, send, wait and read the whole reply (a slower "
                 "attempt is cut off and retried)"})
-    max_retries: int = field(default=6, metadata={
+    max_retries: NonNegInt = field(default=6, metadata={
         "help": "retries on throttling/unavailable, connection errors, cut-short or late replies and "
                 "malformed replies"})
-    backoff_s: float = field(default=1.0, metadata={"help": "first backoff; doubles per retry"})
-    max_backoff_s: float = field(default=30.0, metadata={"help": "cap on one backoff (and on Retry-After)"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight at once"})
-    max_reply_bytes: int = field(default=8 << 20, metadata={
+    backoff_s: NonNegFloat = field(default=1.0, metadata={"help": "first backoff; doubles per retry"})
+    max_backoff_s: NonNegFloat = field(default=30.0, metadata={"help": "cap on one backoff (and on Retry-After)"})
+    concurrency: PositiveInt = field(default=4, metadata={"help": "requests in flight at once"})
+    max_reply_bytes: PositiveInt = field(default=8 << 20, metadata={
         "help": "largest reply body accepted; a bigger one is cut off, retried, then counted as rejected"})
     prefill: bool = field(default=True, metadata={
         "help": "send the prefill as a final assistant message (Anthropic models support it)"})

@@ -56,7 +56,7 @@ def test_stage_main_over_a_loopback_openai_server(tmp_path, openai_server, monke
     cons = {(r["qa_id"], r["model"]): r for r in rows if r["metric"] == "Consistency"}
     assert cons[("q1", "base")]["context_source"] == "chunk" and cons[("q2", "base")]["context_source"] == "reference"
     # the judge saw the chunk text as deepeval's "Context"
-    assert any("Context:\n['Hotels in Lyon: 145 EUR a night.']" in r["messages"][0]["content"]
+    assert any("Context:\n['<data>\\nHotels in Lyon: 145 EUR a night.\\n</data>']" in r["messages"][0]["content"]
                for r in openai_server.requests)
     assert metrics["base.correctness.failures"] == 1 and metrics["base.consistency.failures"] == 1
     assert metrics["failures"] == 2 and metrics["judgements"] == 12

@@ -23,7 +23,7 @@ from policytune.tools.params_cli import SECTIONS, section_config
 REPO = Path(__file__).resolve().parents[3]
 
 # The sections whose annotations this project declares in full (element types, choices, ranges).
-TYPED = ("models", "prepare", "scrape", "render", "extract", "split", "augment", "train", "evaluate", "report")
+TYPED = ("models", "prepare", "scrape", "render", "extract", "generate_qa", "split", "augment", "train", "evaluate", "judge", "report")
 
 
 def write(tmp_path: Path, data: dict) -> Path:
