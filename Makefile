@@ -36,9 +36,10 @@ test-fast: setup  ## skip the slow end-to-end tests
 # --- sharing: a local S3 server (SeaweedFS on 127.0.0.1) as the DVC remote -----------------
 S3_DIR ?= .s3local
 S3_PORT ?= 8333
+S3_REMOTE ?= storage
 remote-up: setup  ## start SeaweedFS S3 on 127.0.0.1:$(S3_PORT), data in $(S3_DIR), and point DVC at it
 	$(BIN)/python -m policytune.tools.s3local start --dir $(S3_DIR) --port $(S3_PORT)
-	$(BIN)/python -m policytune.tools.s3local remote --dir $(S3_DIR) --port $(S3_PORT)
+	$(BIN)/python -m policytune.tools.s3local remote --dir $(S3_DIR) --port $(S3_PORT) --name $(S3_REMOTE)
 
 remote-down:
 	$(BIN)/python -m policytune.tools.s3local stop --dir $(S3_DIR)
