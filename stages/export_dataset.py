@@ -13,7 +13,7 @@ Writes  data/policytune-qa/README.md                 dataset card: YAML front ma
 
 The folder is written with the `datasets` library into a temp dir beside the out, read back with
 `datasets.load_dataset` (every config: splits, row counts, columns, qa_ids must match), and only
-then renamed into place. Load it with ``load_dataset("data/policytune-qa")`` (or ``, "augmented"``).
+then renamed into place. Load it with ``load_dataset("./data/policytune-qa")`` (a local folder, no hub) (or ``, "augmented"``).
 """
 
 from __future__ import annotations

@@ -204,8 +204,8 @@ def dataset_card(dsets: Mapping, inputs: Mapping[str, dict], cfg: ExportConfig, 
              "chunk, and `augment` added perturbed copies of the train rows. Written by the `export_dataset` stage "
              "of policytune from the files listed below.", "",
              "```python", "from datasets import load_dataset",
-             f'ds = load_dataset("{folder or name}")  # config default: train / validation / test']
-    lines += [f'{c} = load_dataset("{folder or name}", "{c}")' for c in dsets if c != "default"]
+             f'ds = load_dataset("./{folder or name}")  # a local folder; config default: train / validation / test']
+    lines += [f'{c} = load_dataset("./{folder or name}", "{c}")' for c in dsets if c != "default"]
     lines += ["```", "", "## Configs and splits", ""]
     rows = []
     for c, dd in dsets.items():

@@ -102,7 +102,7 @@ def test_card_front_matter_lists_configs_splits_and_counts(tmp_path):
     assert {f["name"] for f in infos["augmented"]["features"]} >= {"qa_id", "chunk_id", "doc_id", "url", "teacher",
                                                                    "augmentation"}
     # text: how to load, counts per split with their source files, sources, teachers, lineage fields
-    assert 'load_dataset("data/policytune-qa")' in text
+    assert 'load_dataset("./data/policytune-qa")' in text
     assert "| default | validation | 3 | `data/val.jsonl` |" in text
     assert "| https://policies.example.invalid/hr/leave.html | 8 | 7 | 8 |" in text
     assert "| https://policies.example.invalid/finance/travel.html | 4 | 4 | 4 |" in text
