@@ -31,6 +31,7 @@ import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -111,6 +112,19 @@ def process_info(pid: int) -> dict | None:
             "cmdline": [a.decode(errors="replace") for a in argv.split(b"\0") if a]}
 
 
+
+SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_secret(length: int = 40) -> str:
+    """A 40-character alphanumeric secret, like an AWS secret key.
+
+    Alphanumeric on purpose: a ``token_urlsafe`` secret starts with ``-`` one time in 64, and then
+    ``dvc remote modify --local storage secret_access_key <secret>`` (the README's line, and what a
+    colleague types) reads it as an option and fails.
+    """
+    return "".join(secrets.choice(SECRET_ALPHABET) for _ in range(length))
+
 @dataclass
 class SeaweedFS:
     """One ``weed mini`` process on loopback with its data under ``root``.
@@ -160,7 +174,7 @@ class SeaweedFS:
                 raise RuntimeError(f"{cred_file}: expected {{'access_key': str, 'secret_key': str}}")
         else:
             creds = {"access_key": self.access_key or "PT" + secrets.token_hex(8).upper(),
-                     "secret_key": self.secret_key or secrets.token_urlsafe(24)}
+                     "secret_key": self.secret_key or new_secret()}
             write_private(cred_file, json.dumps(creds))
         self.access_key, self.secret_key = creds["access_key"], creds["secret_key"]
 

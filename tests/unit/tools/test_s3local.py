@@ -264,3 +264,13 @@ def test_prefix_is_normalized_or_refused(prefix):
         body = action.split(":", 1)[1]
         assert "*" not in body[:-1] and body.startswith("dvc"), action
         assert not any(c in body for c in " \n%?#:")
+
+
+def test_generated_secrets_never_read_as_a_command_line_option():
+    """A secret is typed into ``dvc remote modify ... secret_access_key <secret>``; one that
+    starts with ``-`` is taken for an option there (CI saw it with token_urlsafe: 1 in 64)."""
+    from policytune.tools.s3local import new_secret
+
+    seen = [new_secret() for _ in range(2000)]
+    assert all(len(s) == 40 and s.isalnum() and s.isascii() for s in seen)
+    assert len(set(seen)) == len(seen)
