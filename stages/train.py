@@ -1,7 +1,8 @@
 """train: LoRA fine-tuning of the student on the chat-format train split, early-stopped on val.
 
-Reads   ``base_dir`` (models/student), data/augment/train.jsonl, data/split/val.jsonl
-        (rows with ``messages`` = system/user/assistant, plus lineage such as ``qa_id``)
+Reads   ``base_dir`` (models/student), data/raft/train.jsonl, data/raft/val.jsonl (the raft stage:
+        closed-book and retrieval-augmented rows with ``messages`` = system/user/assistant, plus
+        lineage such as ``qa_id``)
 Params  ``train`` (see :class:`TrainConfig`; every knob has help text)
 Writes  models/adapter/      the BEST LoRA adapter (lowest eval loss, not the last one) in PEFT
                              format, the tokenizer (with the chat template it trained under),

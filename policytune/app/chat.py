@@ -1,9 +1,15 @@
 """chat: talk to the fine-tuned model in the terminal; answers stream as they are generated.
 
-    python -m policytune.app.chat         # models/student + the train stage's LoRA (models/adapter)
-    python -m policytune.app.chat --base  # the base model alone
-    python -m policytune.app.chat --rag   # answers grounded in the top-k chunks of data/chunks.jsonl
+    python -m policytune.app.chat         # the variant the evaluate stage found best (metrics/eval.json)
+    python -m policytune.app.chat --variant finetuned_rag   # or name one: base|finetuned|base_rag|finetuned_rag
+    python -m policytune.app.chat --base  # the base model alone (--rag: grounded in the top-k chunks)
     policytune chat [flags]               # the same, as the console script
+
+Which variant answers: ``--variant best`` (the default) reads metrics/eval.json and takes the
+variant with the highest fact recall (:func:`policytune.evaluation.config.best_variant`, the one
+the report names); without that file, the fine-tuned model without retrieval. ``--base`` and
+``--rag`` override it (``--base`` alone = base, ``--rag`` alone = fine-tuned + RAG). The banner
+says which variant answers and why.
 
 Reads   models/student     the base model
         models/adapter     the LoRA adapter; its policytune_train.json ``chat_template_sha`` must equal
@@ -15,7 +21,7 @@ Writes  nothing (not a DVC stage).
 
 Prompts are built exactly as at training and evaluation: system prompt + conversation, rendered by
 the tokenizer's chat template; with --rag the current question is wrapped with its retrieved
-excerpts by ``policytune.evaluation.rag.rag_question`` (the evaluate stage's RAG prompt). The
+excerpts by ``policytune.lm.chat_format.rag_question`` (the RAFT rows' and the evaluate stage's layout). The
 conversation is kept within the model's context: the oldest turns are dropped (never the system
 prompt) until the prompt plus ``--max-new-tokens`` fits (found in O(log n) renders of the chat
 template, not one per dropped turn). At the prompt, ``/reset`` forgets the conversation and
@@ -208,7 +214,7 @@ class Chatbot:
         message replaces the default system prompt. With ``rag`` the question carries its
         retrieved excerpts (only the current question: earlier turns stay as they were asked).
         Whole turns are dropped, oldest first (see :meth:`_fit`: O(log n) renders, not one per turn)."""
-        from policytune.evaluation.rag import rag_question
+        from policytune.lm.chat_format import rag_question
 
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
         if not msgs or msgs[-1]["role"] != "user":
@@ -363,10 +369,37 @@ def repl(bot: Chatbot, *, finetuned: bool, rag: bool, max_new_tokens: int, tempe
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(pieces).strip()}]
 
 
+VARIANT_CHOICES = ("best", "base", "finetuned", "base_rag", "finetuned_rag")
+EVAL_JSON = Path("metrics/eval.json")
+
+
+def resolve_variant(variant: str = "best", base: bool = False, rag: bool = False,
+                    eval_json: Path = EVAL_JSON) -> tuple[bool, bool, str]:
+    """(fine-tuned?, RAG?, why) of the variant that answers: explicit --base / --rag win, then a
+    named --variant, then ``best`` = the evaluate stage's best variant by fact recall."""
+    if base or rag:
+        return not base, rag, "chosen by --base/--rag"
+    why = f"--variant {variant}"
+    if variant == "best":
+        from policytune.core.records import read_json
+        from policytune.evaluation.config import best_variant
+
+        try:
+            found = best_variant(read_json(eval_json))
+        except (OSError, ValueError, TypeError, AttributeError):
+            found = None
+        variant = found or "finetuned"
+        why = (f"the best variant by fact recall in {eval_json}" if found else
+               f"no fact recall in {eval_json} (run `dvc repro evaluate`); the fine-tuned model answers")
+    return variant.startswith("finetuned"), variant.endswith("_rag"), why
+
+
 def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(ap)
+    ap.add_argument("--variant", choices=VARIANT_CHOICES, default="best",
+                    help="which variant answers (default: best = the evaluate stage's best by fact recall)")
     ap.add_argument("--rag", action="store_true", help="ground answers in the top-k chunks and print their URLs")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), else sampling")
     args = ap.parse_args(argv)
@@ -374,6 +407,8 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
         ap.error("--max-new-tokens and --top-k must be >= 1, --temperature from 0 to 2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     system_prompt, top_k = defaults_from_params(args.params)
+    finetuned, rag, why = resolve_variant(args.variant, args.base, args.rag)
+    args.base, args.rag = not finetuned, rag
     try:
         bot = Chatbot.load(args.model_dir, None if args.base else args.adapter_dir, system_prompt=system_prompt,
                            encoder_dir=args.encoder_dir if args.rag else None,
@@ -384,8 +419,9 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
     variant = "base model" if args.base else f"fine-tuned (adapter {args.adapter_dir})"
-    print(f"policytune chat — {args.model_dir}, {variant}, chat template {bot.info['chat_template_sha']}"
-          f"{', RAG top ' + str(bot.retriever.top_k) if bot.retriever else ''}. /reset clears, /exit quits.")
+    print(f"policytune chat — {args.model_dir}, {variant}"
+          f"{', RAG top ' + str(bot.retriever.top_k) if bot.retriever else ', no retrieval'} ({why}), "
+          f"chat template {bot.info['chat_template_sha']}. /reset clears, /exit quits.")
     try:
         repl(bot, finetuned=not args.base, rag=args.rag, max_new_tokens=args.max_new_tokens,
              temperature=args.temperature)

@@ -79,6 +79,9 @@ async function loadModels() {
   const rag = Object.values(served).some((m) => m.rag);
   $("rag").disabled = !rag;
   if (!rag) $("rag").parentElement.title = "this server has no encoder/chunks loaded";
+  // the evaluate stage's best variant uses retrieval: the box starts ticked (a ?rag= in the URL wins)
+  if (rag && !new URLSearchParams(location.search).has("rag") && Object.values(served).some((m) => m.default_rag))
+    $("rag").checked = true;
   return served;
 }
 

@@ -18,13 +18,16 @@ Request body: a JSON object (``Content-Type: application/json``) of at most --ma
                "text": str}]}], at most --max-messages of them; a system message only first (it
                replaces params.yaml's system prompt); the last message from the user. Oldest turns
                are dropped to fit the context (O(log n) chat-template renders, see Chatbot._fit).
-  model        "base" | "finetuned" (default: "finetuned" when an adapter is loaded, else "base")
+  model        "base" | "finetuned" (default: the model of the evaluate stage's best variant by fact
+               recall in metrics/eval.json when it is served; else "finetuned" when an adapter is
+               loaded, else "base")
   max_tokens   1..--max-tokens-limit (or max_completion_tokens; default --max-new-tokens)
   temperature  0..2 (default 0 = greedy; below 1e-3 it is greedy too, since dividing the logits by
                e.g. 1e-300 would give inf/NaN);  top_p  (0, 1] (nucleus sampling; default 1)
   seed         int from -2**63 to 2**63-1 (sampling);  n  1 only
   stream       bool; with stream_options {"include_usage": true} a last chunk carries the usage
-  rag          our extension, bool: ground the answer in the top-k chunks of data/chunks.jsonl; the
+  rag          our extension, bool (default: whether the best variant uses retrieval, when this
+               server has RAG): ground the answer in the top-k chunks of data/chunks.jsonl; the
                response (the first chunk when streaming) then has "sources": [{chunk_id, title, url,
                score, text}]
   Checked, then ignored, since common OpenAI clients send them: user (str), presence_penalty and
@@ -78,7 +81,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from policytune.app.chat import Chatbot, ChatbotError, PromptCancelled, add_model_args, defaults_from_params
+from policytune.app.chat import (Chatbot, ChatbotError, PromptCancelled, add_model_args, defaults_from_params,
+                                 resolve_variant)
 from policytune.app.page import PAGE
 from policytune.core.progress import get_logger
 from policytune.lm.engine import EngineBusy, EngineClosed, InvalidRequest, Reply
@@ -107,6 +111,8 @@ class ServeConfig:
     backlog: int = 128                # listen() backlog: connections the kernel holds before accept
     allow_hosts: tuple = ()           # Host names accepted besides the bound address and loopback
     poll_s: float = 0.25              # how often a handler checks that its client is still there
+    default_model: Optional[str] = None  # a request without "model" (None: finetuned when loaded, else base)
+    default_rag: bool = False         # a request without "rag"
 
 
 class ApiError(Exception):
@@ -162,10 +168,10 @@ def _number(data: dict, key: str, low: float, high: float, default: float, *, lo
     return float(v)
 
 
-def _bool(data: dict, key: str) -> bool:
+def _bool(data: dict, key: str, default: bool = False) -> bool:
     v = data.get(key)
     if v is None:
-        return False
+        return default
     if not isinstance(v, bool):
         raise _invalid(f"{key} must be true or false, got {v!r}", key)
     return v
@@ -221,7 +227,7 @@ def parse_chat_request(body: bytes, *, models: list[str], config: ServeConfig) -
     if unknown:
         raise _invalid(f"unknown field(s): {', '.join(unknown)}. Supported: {', '.join(HONORED_FIELDS)}; "
                        f"accepted and ignored: {', '.join(IGNORED_FIELDS)}", unknown[0], "unknown_field")
-    model = data.get("model") or models[-1]
+    model = data.get("model") or (config.default_model if config.default_model in models else models[-1])
     if model not in models:
         raise ApiError(404, f"model {model!r} is not served here; choose one of: {', '.join(models)}"
                        + ("" if "finetuned" in models else " (the server runs the base model only)"),
@@ -260,7 +266,7 @@ def parse_chat_request(body: bytes, *, models: list[str], config: ServeConfig) -
             raise _invalid('stream_options must be {"include_usage": bool}', "stream_options")
         include_usage = _bool(options, "include_usage")
     return ChatRequest(model, messages, max_tokens, temperature, seed, stream, include_usage,
-                       _bool(data, "rag"), top_p)
+                       _bool(data, "rag", config.default_rag), top_p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,7 +670,10 @@ class ChatServer(ThreadingHTTPServer):
         return {"object": "list", "data": [
             {"id": m, "object": "model", "created": self.created, "owned_by": "policytune",
              **desc[m], "chat_template_sha": info.get("chat_template_sha"),
-             "rag": self.bot.retriever is not None, "max_tokens_limit": self.config.max_tokens_limit}
+             "rag": self.bot.retriever is not None, "max_tokens_limit": self.config.max_tokens_limit,
+             "default": m == (self.config.default_model if self.config.default_model in self.bot.models
+                              else self.bot.models[-1]),
+             "default_rag": bool(self.config.default_rag and self.bot.retriever is not None)}
             for m in self.bot.models]}
 
     def handle_error(self, request, client_address) -> None:
@@ -710,6 +719,7 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
                  "--max-messages and --backlog must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     system_prompt, top_k = defaults_from_params(args.params)
+    best_ft, best_rag, why = resolve_variant("best")
     rag = not args.no_rag and Path(args.encoder_dir).is_dir() and Path(args.chunks).is_file()
     try:
         bot = Chatbot.load(args.model_dir, None if args.base else args.adapter_dir, system_prompt=system_prompt,
@@ -725,7 +735,9 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
         log.info("%s", bot.rag_unavailable)
     config = ServeConfig(max_body_bytes=args.max_body_bytes, max_tokens_default=args.max_new_tokens,
                          max_tokens_limit=args.max_tokens_limit, client_timeout_s=args.client_timeout,
-                         max_messages=args.max_messages, backlog=args.backlog, allow_hosts=tuple(args.allow_host))
+                         max_messages=args.max_messages, backlog=args.backlog, allow_hosts=tuple(args.allow_host),
+                         default_model="finetuned" if best_ft and not args.base else "base",
+                         default_rag=best_rag and rag)
     try:
         server = ChatServer((args.host, args.port), bot, config)
     except OSError as e:
@@ -733,8 +745,9 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
         raise SystemExit(f"serve: cannot listen on {args.host}:{args.port}: {e}") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines, with no authentication", args.host)
-    print(f"serving {', '.join(bot.models)} on {server.url}/ (RAG {'on' if rag else 'off'}); Ctrl-C stops",
-          flush=True)
+    default = config.default_model + ("_rag" if config.default_rag else "")
+    print(f"serving {', '.join(bot.models)} on {server.url}/ (RAG {'on' if rag else 'off'}); a request that names "
+          f"no model and no rag gets {default} ({why}); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -14,9 +14,8 @@ from typing import Optional, Sequence
 
 from policytune.core.progress import Progress, get_logger
 from policytune.evaluation.config import EvaluateConfig
-from policytune.evaluation.rag import rag_question
 from policytune.evaluation.scoring import reference_nll
-from policytune.lm.chat_format import to_messages
+from policytune.lm.chat_format import rag_question, to_messages
 from policytune.lm.generation import decode_greedy, left_pad, render_prompts, split_stop, stop_token_ids
 
 log = get_logger("evaluate")
@@ -107,8 +106,10 @@ def generate_continuous(model, tokenizer, prompts: Sequence[list[dict]], max_new
 
 
 def answer_all(lm, tokenizer, name: str, rows: Sequence[dict], cfg: EvaluateConfig,
-               contexts: Optional[list[list[str]]] = None, retrieved: Optional[list[list[str]]] = None) -> tuple[list[dict], list[float], dict]:
-    """One model variant answers every row; returns (answer rows, reference NLLs, timing)."""
+               contexts: Optional[list[list[str]]] = None, retrieved: Optional[list[list[str]]] = None,
+               ref_ppl: bool = True) -> tuple[list[dict], list[float], dict]:
+    """One model variant answers every row; returns (answer rows, reference NLLs (NaN without
+    ``ref_ppl``), timing)."""
     prompts = build_prompts(rows, cfg.system_prompt, contexts)
     gen = gen_params(cfg)
     prog = Progress(log, f"{name}: questions answered", len(rows))
@@ -116,7 +117,8 @@ def answer_all(lm, tokenizer, name: str, rows: Sequence[dict], cfg: EvaluateConf
     outs = generate(lm, tokenizer, prompts, gen, cfg.batch_size, prog, cfg.batching)
     gen_s = time.monotonic() - t0
     t1 = time.monotonic()
-    nll = reference_nll(lm, tokenizer, prompts, [r["answer"] for r in rows], cfg.ppl_batch_size)
+    nll = (reference_nll(lm, tokenizer, prompts, [r["answer"] for r in rows], cfg.ppl_batch_size) if ref_ppl
+           else [float("nan")] * len(rows))
     ppl_s = time.monotonic() - t1
     answers = []
     for i, (r, o) in enumerate(zip(rows, outs)):

@@ -11,17 +11,30 @@ from policytune.evaluation.metrics import BootstrapConfig
 from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT
 
 # The metrics in per_example.jsonl, in report order.
-METRICS = ("bertscore_p", "bertscore_r", "bertscore_f1", "cosine", "relevance", "token_f1", "rouge_l",
-           "bleu", "answer_len", "ref_ppl", "ref_nll")
+METRICS = ("fact_recall", "all_facts", "contradiction", "bertscore_p", "bertscore_r", "bertscore_f1", "cosine",
+           "relevance", "token_f1", "rouge_l", "bleu", "answer_len", "ref_ppl", "ref_nll", "looping")
 # (key prefix in metrics/eval.json, treatment, control), paired over qa_id when both ran.
 # delta / delta_rag match the judge stage; rag_effect_* say whether retrieval helped each model.
 COMPARISONS = (("delta", "finetuned", "base"), ("delta_rag", "finetuned_rag", "base_rag"),
                ("rag_effect_base", "base_rag", "base"), ("rag_effect_finetuned", "finetuned_rag", "finetuned"))
 
 
+# Variants in the order a tie is broken in (the simpler one wins a tie).
+VARIANTS = ("base", "finetuned", "base_rag", "finetuned_rag")
+
+
+def best_variant(flat: dict, metric: str = "fact_recall", tiebreak: str = "bertscore_f1") -> str | None:
+    """The variant with the highest mean ``metric`` in an eval.json-shaped dict (ties: higher
+    ``tiebreak``, then the simpler variant); None when no variant has the metric. The report
+    names it and the chatbot answers with it by default."""
+    scored = [(flat.get(f"{v}.{metric}.mean"), flat.get(f"{v}.{tiebreak}.mean") or 0.0, -i, v)
+              for i, v in enumerate(VARIANTS) if flat.get(f"{v}.{metric}.mean") is not None]
+    return max(scored)[3] if scored else None
+
+
 @dataclass
 class RagConfig:
-    enabled: bool = field(default=False, metadata={"help": "also evaluate base_rag and finetuned_rag"})
+    enabled: bool = field(default=True, metadata={"help": "also evaluate base_rag and finetuned_rag"})
     top_k: PositiveInt = field(default=3, metadata={"help": "chunks retrieved (encoder cosine) into the prompt"})
     max_chars: PositiveInt = field(default=1500, metadata={"help": "each retrieved chunk is cut to this many characters"})
 
@@ -55,6 +68,9 @@ class EvaluateConfig:
     merge_adapter: bool = field(default=True, metadata={"help": "merge LoRA into the weights in memory (faster)"})
     ppl_batch_size: PositiveInt = field(default=8, metadata={"help": "batch size of the reference-perplexity pass"})
     limit: NonNegInt = field(default=0, metadata={"help": "evaluate only the first N test questions (0 = all)"})
+    general_check: bool = field(default=True, metadata={
+        "help": "also answer the general-skill set (data/general_skills.jsonl) with base and fine-tuned, "
+                "closed-book: did fine-tuning cost general ability?"})
     bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
     rag: RagConfig = field(default_factory=RagConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)

@@ -35,6 +35,8 @@ DIRECTION: dict[str, int] = {
     "token_f1": 1, "rouge_l": 1, "bleu": 1,
     "ref_ppl": -1, "ref_nll": -1,
     "answer_len": 0,
+    # fact-level correctness (policytune.evaluation.facts) and degeneration
+    "fact_recall": 1, "all_facts": 1, "contradiction": -1, "looping": -1,
     # LLM-judge metrics (judge stage), scores in 0..1
     "correctness": 1, "helpfulness": 1, "coherence": 1, "consistency": 1,
 }
@@ -144,6 +146,17 @@ def cosine_matrix_diag(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     nb = np.linalg.norm(b, axis=1)
     denom = np.where((na * nb) > 0, na * nb, 1.0)
     return (a * b).sum(axis=1) / denom
+
+
+def looping(answer: str, finish: str | None = None, n: int = 4, repeats: int = 4) -> float:
+    """1.0 when an answer degenerates: some word n-gram (punctuation marks count as words, so
+    "1.1.1.1" is caught) occurs ``repeats`` or more times, or decoding hit ``max_new_tokens``
+    (``finish == "length"``); else 0.0."""
+    if finish == "length":
+        return 1.0
+    toks = re.findall(r"\w+|[^\w\s]", (answer or "").lower())
+    grams = Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+    return 1.0 if grams and max(grams.values()) >= repeats else 0.0
 
 
 # --------------------------------------------------------------------------- statistics

@@ -6,7 +6,11 @@ reference answer's perplexity under the answering model (:func:`reference_nll`).
 - cosine of answer and reference embeddings, relevance = cosine of question and answer
   embeddings; both 0 for an empty answer, as BERTScore does;
 - ref_nll / ref_ppl: mean negative log-likelihood (and its exp) of the reference answer's
-  assistant tokens (answer + end-of-turn marker) given the same prompt.
+  assistant tokens (answer + end-of-turn marker) given the same prompt;
+- fact_recall / all_facts / contradiction: the reference's key facts the answer states
+  (:mod:`policytune.evaluation.facts`; null when the reference states no key fact);
+- looping: 1 when the answer repeats a 4-gram 4+ times or hit max_new_tokens
+  (:func:`policytune.evaluation.metrics.looping`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Optional, Sequence
 
 from policytune.evaluation import metrics as M
 from policytune.evaluation.config import EvaluateError
+from policytune.evaluation.facts import fact_scores
 from policytune.lm.generation import left_pad
 
 
@@ -127,6 +132,11 @@ def score_answers(answers: Sequence[dict], nlls: Sequence[float], scorer: Scorer
     rows = []
     for a, s, nll in zip(answers, scores, nlls):
         ppl = math.exp(nll) if math.isfinite(nll) and nll < 700 else float("nan")
+        facts = fact_scores(a["answer"], a["reference"])
         rows.append({"qa_id": a["qa_id"], "model": a["model"], **s,
-                     "ref_ppl": ppl, "ref_nll": nll})
+                     "ref_ppl": ppl, "ref_nll": nll,
+                     "fact_recall": facts["fact_recall"], "all_facts": facts["all_facts"],
+                     "contradiction": facts["contradiction"] if facts["n_ref_facts"] else None,
+                     "looping": M.looping(a["answer"], a.get("finish")),
+                     "facts_missing": facts["missing"], "facts_contradicted": facts["contradicted"]})
     return rows

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 from policytune.core.params import NonNegInt, PositiveInt
 from policytune.core.records import atomic_write_text, flatten
 from policytune.evaluation import metrics as M
-from policytune.evaluation.config import COMPARISONS
+from policytune.evaluation.config import COMPARISONS, VARIANTS, best_variant
 from policytune.evaluation.metrics import BootstrapConfig
 from policytune.report.document import Doc, render_html, render_markdown
 from policytune.report.format import COMPARISON_NAMES, EVAL_METRICS, MODEL_NAMES, TABLE1, clip, fmt, judge_key
@@ -27,7 +27,7 @@ ASSETS = "report_assets"  # beside the report
 @dataclass
 class ReportConfig:
     n_examples: NonNegInt = field(default=5, metadata={"help": "example questions shown with both answers"})
-    example_metric: Literal["bertscore_p", "bertscore_r", "bertscore_f1", "cosine", "relevance", "token_f1",
+    example_metric: Literal["fact_recall", "bertscore_p", "bertscore_r", "bertscore_f1", "cosine", "relevance", "token_f1",
                             "rouge_l", "bleu", "answer_len", "ref_ppl", "ref_nll"] = field(default="bertscore_f1", metadata={
         "help": "per-example metric that picks the examples (largest gains, largest losses, a typical one)"})
     max_chars: PositiveInt = field(default=700, metadata={"help": "longer answers are cut to this many characters"})
@@ -72,11 +72,14 @@ def build_report(inp: Inputs, cfg: ReportConfig, assets_dir: Optional[Path] = No
     doc = Doc()
     f = _facts(inp, cfg)
     doc.h(1, "policytune evaluation report: base vs fine-tuned")
+    _variants(doc, f)
     _headline(doc, f)
     _similarity_tables(doc, f)
     forest = _deltas(doc, f)
     if f.judge_ran:
         _judge_tables(doc, f)
+        _judge_probe(doc, f)
+    _forgetting(doc, f)
     if assets_dir is not None:
         _plots(doc, f, forest, assets_dir)
     if any(m.endswith("_rag") for m in f.models):
@@ -88,6 +91,96 @@ def build_report(inp: Inputs, cfg: ReportConfig, assets_dir: Optional[Path] = No
         _training(doc, inp.train_metrics)
     _lineage(doc, inp)
     return doc
+
+
+def _ci_cell(flat: dict, key: str, metric: str = "") -> str:
+    from policytune.report.format import fmt_delta
+    return fmt_delta(flat.get(f"{key}.mean"), flat.get(f"{key}.ci_low"), flat.get(f"{key}.ci_high"), metric)
+
+
+def _variants(doc: Doc, f: _Facts) -> None:
+    """The answer a reader wants first: which variant answers best, and did fine-tuning help,
+    with and without retrieval (fact recall and judge Correctness, with CIs)."""
+    flat, jflat = f.flat, f.jflat
+    variants = [v for v in VARIANTS if f"{v}.fact_recall.mean" in flat]
+    if not variants:
+        return
+    best = best_variant(flat)
+    doc.h(2, "Headline: which variant answers best")
+    cols = [("fact_recall", flat), ("all_facts", flat), ("contradiction", flat), ("bertscore_f1", flat),
+            ("cosine", flat)]
+    rows = []
+    for v in variants:
+        row = [MODEL_NAMES.get(v, v) + (" (best)" if v == best else "")]
+        row += [fmt(flat.get(f"{v}.{k}.mean"), k) + f" [{fmt(flat.get(f'{v}.{k}.ci_low'), k)}, "
+                f"{fmt(flat.get(f'{v}.{k}.ci_high'), k)}]" for k, src in cols]
+        corr = jflat.get(f"{v}.correctness.mean") if f.judge_ran else None
+        row.append("–" if corr is None else fmt(corr) + (f" [{fmt(jflat.get(f'{v}.correctness.ci_low'))}, "
+                                                         f"{fmt(jflat.get(f'{v}.correctness.ci_high'))}]"
+                                                         if jflat.get(f"{v}.correctness.ci_low") is not None else ""))
+        row.append(str(flat.get(f"{v}.looping_answers", "–")))
+        rows.append(row)
+    doc.table(["Variant"] + [EVAL_METRICS[k] for k, _ in cols] + ["Judge Correctness", "Looping answers"], rows,
+              caption=f"Means over the {flat.get('n', '?')} test questions with {f.ci_pct} bootstrap CIs. Fact recall: "
+              "the share of the reference's key facts (amounts, durations, dates, percentages, form and article "
+              "ids, roles) the answer states; All facts: every one stated; Contradiction: another value for a "
+              "slot the reference fills (lower is better). Questions whose reference states no key fact are "
+              "left out of the fact columns.")
+    lines = [f"Best variant by fact recall: **{MODEL_NAMES.get(best, best)}** — the chatbot "
+             "(`policytune chat|serve`) answers with it unless told otherwise."]
+    for comp, label in (("delta", "without retrieval (fine-tuned − base)"),
+                        ("delta_rag", "with retrieval (fine-tuned + RAG − base + RAG)")):
+        if f"{comp}.fact_recall.mean" not in flat:
+            continue
+        text = (f"Fine-tuning {label}: fact recall {_ci_cell(flat, f'{comp}.fact_recall')} "
+                f"({_verdict(flat, comp, 'fact_recall')})")
+        if f.judge_ran and f"{comp}.correctness.mean" in jflat:
+            text += (f"; judge Correctness {_ci_cell(jflat, f'{comp}.correctness')} "
+                     f"({_verdict(jflat, comp, 'correctness')})")
+        lines.append(text + ".")
+    if flat.get("rag.recall_at_k") is not None:
+        lines.append(f"Retrieval: the question's source chunk is among the top {f.inp.eval_stats.get('rag', {}).get('top_k', 'k') if f.inp.eval_stats else 'k'} "
+                     f"for {fmt(flat['rag.recall_at_k'])} of the questions with a known source chunk.")
+    if flat.get("coverage.with_gold_chunk") is not None:
+        cov = (f"Coverage: {flat.get('coverage.with_gold_chunk')} of {flat.get('coverage.questions')} test questions "
+               "have a source chunk")
+        if flat.get("coverage.gold_chunk_in_training") is not None:
+            cov += f", and for {flat['coverage.gold_chunk_in_training']} of them that chunk produced training pairs"
+        lines.append(cov + ".")
+    doc.bullets(lines)
+
+
+def _judge_probe(doc: Doc, f: _Facts) -> None:
+    """How far to trust the judge: its Correctness on synthetic answers of known quality."""
+    j = f.jflat
+    if j.get("probe.exact.mean") is None:
+        return
+    doc.h(3, "Judge probe: does the judge's scale separate?")
+    kinds = [("exact", "the reference itself"), ("number_changed", "the reference with one number changed"),
+             ("vague", "a vague non-answer"), ("other", "the reference of another question")]
+    doc.table(["Probe answer", "What it is", "Judge Correctness (mean)"],
+              [[k, what, fmt(j.get(f"probe.{k}.mean"))] for k, what in kinds if j.get(f"probe.{k}.mean") is not None],
+              caption=f"AUC exact vs all wrong answers: {fmt(j.get('probe.auc'))}; exact vs one number changed: "
+              f"{fmt(j.get('probe.auc_number_changed'))}; {j.get('probe.n', '?')} questions. The target is exact ≥ 0.8, "
+              "wrong ≤ 0.2, AUC ≥ 0.95: " + ("met." if j.get("probe.separates") else "NOT met, so read the judge's "
+                                               "differences with care."))
+
+
+def _forgetting(doc: Doc, f: _Facts) -> None:
+    """Did fine-tuning cost general ability? The shipped general-skill set, closed-book."""
+    flat = f.flat
+    if flat.get("general.delta.accuracy.mean") is None:
+        return
+    doc.h(2, "Forgetting check: general skills")
+    lo = flat.get("general.delta.accuracy.ci_low")
+    doc.p(f"On {flat.get('general.n', '?')} general questions (data/general_skills.jsonl: world facts, arithmetic, "
+          f"units, language, science; an answer counts when it states an accepted answer) the base model answers "
+          f"{fmt(flat.get('general.base.accuracy.mean'))} and the fine-tuned model "
+          f"{fmt(flat.get('general.finetuned.accuracy.mean'))}: difference "
+          f"{_ci_cell(flat, 'general.delta.accuracy')}. "
+          + ("Fine-tuning cost at most 0.05 of general ability (lower CI bound ≥ −0.05)."
+             if lo is not None and lo >= -0.05 else
+             "The lower CI bound is below −0.05: fine-tuning may have cost general ability."))
 
 
 def _headline(doc: Doc, f: _Facts) -> None:

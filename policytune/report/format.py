@@ -9,9 +9,11 @@ from typing import Any
 
 # Display names, in report order.
 EVAL_METRICS = {
+    "fact_recall": "Fact recall", "all_facts": "All facts stated", "contradiction": "Contradiction",
     "bertscore_f1": "BERTScore F1", "bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R",
     "cosine": "Cosine similarity", "relevance": "Relevance", "token_f1": "Token F1", "rouge_l": "ROUGE-L",
     "bleu": "BLEU", "ref_ppl": "Reference perplexity", "ref_nll": "Reference NLL", "answer_len": "Answer length (words)",
+    "looping": "Looping answer",
 }
 TABLE1 = ("bertscore_f1", "cosine", "relevance")  # the study's Table 1 columns
 MODEL_NAMES = {"base": "Base", "finetuned": "Fine-tuned", "base_rag": "Base + RAG", "finetuned_rag": "Fine-tuned + RAG"}

@@ -66,9 +66,41 @@ def eval_table(eval_json: Path) -> str:
     return "\n".join(rows) + (f"\n\nn = {n} test questions\n" if n is not None else "\n")
 
 
+def variants_table(eval_json: Path) -> str:
+    """Markdown: fact recall / all facts / contradiction of every variant with CIs, the best
+    variant, and whether fine-tuning helped with and without retrieval (fact recall)."""
+    if not eval_json.exists():
+        return ""
+    from policytune.evaluation.config import VARIANTS, best_variant
+
+    flat = flatten(read_json(eval_json))
+    variants = [v for v in VARIANTS if f"{v}.fact_recall.mean" in flat]
+    if not variants:
+        return ""
+    cols = ("fact_recall", "all_facts", "contradiction")
+    rows = ["| variant | " + " | ".join(cols) + " | looping answers |", "|---" * (len(cols) + 2) + "|"]
+    for v in variants:
+        cells = [f"{_fmt(flat.get(f'{v}.{c}.mean'))} [{_fmt(flat.get(f'{v}.{c}.ci_low'))}, "
+                 f"{_fmt(flat.get(f'{v}.{c}.ci_high'))}]" for c in cols]
+        rows.append(f"| {v} | " + " | ".join(cells) + f" | {flat.get(f'{v}.looping_answers', '–')} |")
+    lines = ["\n".join(rows), "", f"Best variant by fact recall: **{best_variant(flat)}**."]
+    for comp, what in (("delta", "without retrieval"), ("delta_rag", "with retrieval")):
+        lo, hi = flat.get(f"{comp}.fact_recall.ci_low"), flat.get(f"{comp}.fact_recall.ci_high")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            lines.append(f"Fine-tuning {what}: fact recall {_fmt(flat.get(f'{comp}.fact_recall.mean'))} "
+                         f"[{_fmt(lo)}, {_fmt(hi)}], {M.verdict(float(lo), float(hi), 1)}.")
+    g = flat.get("general.delta.accuracy.mean")
+    if isinstance(g, (int, float)):
+        lines.append(f"General skills (forgetting check), fine-tuned − base: {_fmt(g)} "
+                     f"[{_fmt(flat.get('general.delta.accuracy.ci_low'))}, {_fmt(flat.get('general.delta.accuracy.ci_high'))}].")
+    return "\n".join(lines) + "\n"
+
+
 def headline_metric(name: str) -> bool:
-    """Rows a reviewer reads first: the fine-tuning deltas, the best eval loss, failure counts."""
-    return (name.startswith("delta.") and name.endswith(".mean")) or name == "best_eval_loss" or "fail" in name
+    """Rows a reviewer reads first: the fine-tuning deltas (with and without retrieval), the
+    best eval loss, failure and looping counts, the judge probe's AUC."""
+    return ((name.startswith(("delta.", "delta_rag.", "general.delta.")) and name.endswith(".mean"))
+            or name in ("best_eval_loss", "probe.auc") or "fail" in name or name.endswith("looping_answers"))
 
 
 def split_metrics_diff(md: str, full: bool = True) -> str:
@@ -141,6 +173,10 @@ def build(base: str, cwd: Path, out: Path, plots_url: str | None = None) -> Path
     parts.append("### Metrics (`dvc metrics diff`)\n")
     metrics_md = dvc("metrics", "diff", "--md", base, cwd=cwd)
     parts.append(split_metrics_diff(metrics_md))
+    variants = variants_table(cwd / "metrics" / "eval.json")
+    if variants:
+        parts.append("\n### Answer variants on this branch (fact-level correctness)\n")
+        parts.append(variants)
     parts.append("\n### Base vs fine-tuned on this branch\n")
     parts.append(eval_table(cwd / "metrics" / "eval.json"))
     parts.append("### Params (`dvc params diff`)\n")

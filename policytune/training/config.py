@@ -18,6 +18,9 @@ class LoraParams:
     dropout: Annotated[float, Range(ge=0, lt=1)] = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata={
         "help": "names of the Linear modules that get adapters (all-linear: every Linear)"})
+    layers: NonNegInt = field(default=0, metadata={
+        "help": "adapt only the top N decoder layers (0 = all): no backward pass runs below the lowest "
+                "adapted layer, so training costs about forward + N/L of a backward"})
 
 
 @dataclass
@@ -30,8 +33,8 @@ class EarlyStoppingParams:
 
 @dataclass
 class TrainPaths:
-    train: str = field(default="data/augment/train.jsonl", metadata={"help": "train rows (messages)"})
-    val: str = field(default="data/split/val.jsonl", metadata={"help": "val rows (messages)"})
+    train: str = field(default="data/raft/train.jsonl", metadata={"help": "train rows (messages)"})
+    val: str = field(default="data/raft/val.jsonl", metadata={"help": "val rows (messages)"})
     adapter: str = field(default="models/adapter", metadata={"help": "best adapter (PEFT folder)"})
     merged: str = field(default="models/merged", metadata={"help": "merged model (merge: true)"})
     checkpoints: str = field(default="models/checkpoints", metadata={"help": "resume state"})

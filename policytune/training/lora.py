@@ -43,10 +43,14 @@ def add_lora(model, lp: LoraParams, seed: int):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)  # LoRA A init
-    targets = "all-linear" if lp.target_modules in (["all-linear"], "all-linear") else list(lp.target_modules)
+    targets = "all-linear" if lp.target_modules in (["all-linear"], "all-linear") else sorted(lp.target_modules)
+    layers = None
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if lp.layers and n_layers and lp.layers < n_layers:
+        layers = list(range(n_layers - lp.layers, n_layers))  # the top ones: backward stops below them
     peft_model = get_peft_model(model, LoraConfig(
         r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=targets,
-        bias="none", task_type="CAUSAL_LM"))
+        layers_to_transform=layers, bias="none", task_type="CAUSAL_LM"))
     peft_model.train()
     return peft_model
 

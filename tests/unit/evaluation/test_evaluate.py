@@ -169,9 +169,14 @@ def test_evaluate_core_base_finetuned_and_rag(tiny_dir, adapter_dir, scorer, tok
     # one answer and one complete metric row per (question, model)
     assert sorted((a["qa_id"], a["model"]) for a in answers) == sorted((r["qa_id"], m) for r in ROWS for m in models)
     assert len(per_example) == len(answers)
+    facts = ("fact_recall", "all_facts", "contradiction")  # null when the reference states no key fact
     for r in per_example:
         assert set(METRICS) <= set(r), set(METRICS) - set(r)
-        assert all(isinstance(r[m], (int, float)) and math.isfinite(r[m]) for m in METRICS), r
+        assert all(isinstance(r[m], (int, float)) and math.isfinite(r[m]) for m in METRICS if m not in facts), r
+        assert r["looping"] in (0.0, 1.0)
+    has_facts = {r["qa_id"]: r["fact_recall"] is not None for r in per_example}
+    assert has_facts["q1"] and has_facts["q2"]  # "30 days", "line manager"
+    assert not has_facts["q4"]  # "It must pass a conformity assessment." states no key fact
     for a in answers:
         assert a["gen"] == answers[0]["gen"] and a["gen"]["do_sample"] is False
         assert a["reference"] == next(r["answer"] for r in ROWS if r["qa_id"] == a["qa_id"])
@@ -182,6 +187,7 @@ def test_evaluate_core_base_finetuned_and_rag(tiny_dir, adapter_dir, scorer, tok
     assert any(abs(nll[(q["qa_id"], "base")] - nll[(q["qa_id"], "finetuned")]) > 1e-4 for q in ROWS)
     # DVC-shaped flat keys
     assert flat["n"] == len(ROWS)
+    assert flat["base.looping_answers"] == 5  # max_new_tokens 5: every answer is cut (counted as looping)
     for m in METRICS:
         for k in ("mean", "ci_low", "ci_high"):
             assert f"base.{m}.{k}" in flat and f"finetuned.{m}.{k}" in flat
