@@ -27,8 +27,9 @@ ASSETS = "report_assets"  # beside the report
 @dataclass
 class ReportConfig:
     n_examples: NonNegInt = field(default=5, metadata={"help": "example questions shown with both answers"})
-    example_metric: Literal["fact_recall", "bertscore_p", "bertscore_r", "bertscore_f1", "cosine", "relevance", "token_f1",
-                            "rouge_l", "bleu", "answer_len", "ref_ppl", "ref_nll"] = field(default="bertscore_f1", metadata={
+    example_metric: Literal["fact_recall", "all_facts", "contradiction", "bertscore_p", "bertscore_r", "bertscore_f1",
+                            "cosine", "relevance", "token_f1", "rouge_l", "bleu", "answer_len", "ref_ppl", "ref_nll",
+                            "looping"] = field(default="bertscore_f1", metadata={
         "help": "per-example metric that picks the examples (largest gains, largest losses, a typical one)"})
     max_chars: PositiveInt = field(default=700, metadata={"help": "longer answers are cut to this many characters"})
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)

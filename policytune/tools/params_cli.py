@@ -30,6 +30,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "generate_qa": ("policytune.dataset.qa", "GenerateQAConfig"),
     "split": ("policytune.dataset.split", "SplitConfig"),
     "augment": ("policytune.dataset.augment", "AugmentConfig"),
+    "raft": ("policytune.dataset.raft", "RaftConfig"),
     "export_dataset": ("policytune.dataset.export", "ExportConfig"),
     "train": ("policytune.training.config", "TrainConfig"),
     "evaluate": ("policytune.evaluation.config", "EvaluateConfig"),
@@ -41,7 +42,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
 # stage (stages/<name>.py) -> the params.yaml sections it reads
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "scrape": ("scrape",), "render": ("render",), "extract": ("extract",), "generate_qa": ("generate_qa",),
-    "split": ("split",), "augment": ("augment",), "data_metrics": (), "prepare_models": ("prepare", "models"),
+    "split": ("split",), "augment": ("augment",), "raft": ("raft",), "data_metrics": (), "prepare_models": ("prepare", "models"),
     "train": ("train",), "evaluate": ("evaluate",), "judge": ("judge",), "report": ("report",),
     "export_dataset": ("export_dataset",), "model_card": ("model_card",),
 }

@@ -48,6 +48,20 @@ def test_repro_builds_labelled_data(built):
     assert "metrics/data.json" in shown and "generate_qa.accepted" in shown
 
 
+def test_raft_rows_carry_retrieved_excerpts_and_no_test_question(built):
+    train = read_jsonl(built / "data/raft/train.jsonl")
+    raft = [r for r in train if r.get("raft")]
+    assert raft and len(train) > len(raft)  # closed-book rows kept beside the RAFT rows
+    assert all("<excerpt" in r["messages"][1]["content"] for r in raft)
+    share = sum(r["raft"]["oracle"] for r in raft) / len(raft)
+    assert 0.5 <= share <= 1.0  # oracle_share 0.8
+    test_q = {r["question"].strip().lower() for r in read_jsonl(built / "data/split/test.jsonl")}
+    asked = {r["messages"][1]["content"].rsplit("Question: ", 1)[-1].strip().lower() for r in train}
+    assert not asked & test_q, "a test question reached the training rows"
+    stats = read_json(built / "data/stats/raft.json")
+    assert stats["train"]["raft_rows"] == len(raft)
+
+
 def test_noop_repro_does_nothing(built):
     status = run(["dvc", "status"], built)
     assert "up to date" in status.stdout, status.stdout
@@ -93,10 +107,21 @@ def test_repro_trains_evaluates_judges_and_reports(built):
     for key in ("bertscore_f1", "cosine", "relevance", "ref_ppl"):
         assert f'"{key}"' in flat or f"{key}." in flat, key
     answers = read_jsonl(built / "data/eval/answers.jsonl")
-    assert {a["model"] for a in answers} == {"base", "finetuned"}
+    assert {a["model"] for a in answers} == {"base", "finetuned", "base_rag", "finetuned_rag"}
+    for v in ("base", "finetuned", "base_rag", "finetuned_rag"):  # fact-level metrics of every variant, with CIs
+        for stat in ("mean", "ci_low", "ci_high"):
+            assert f"{v}.fact_recall.{stat}" in ev and f"{v}.all_facts.{stat}" in ev
+        assert isinstance(ev[f"{v}.looping_answers"], int)
+    assert ev["delta_rag.fact_recall.mean"] is not None and ev["delta.fact_recall.ci_low"] is not None
+    assert 0 <= ev["rag.recall_at_k"] <= 1 and ev["coverage.with_gold_chunk"] >= 1
+    general = read_jsonl(built / "data/eval/general.jsonl")  # the forgetting check
+    assert {a["model"] for a in general} == {"general_base", "general_finetuned"} and len(general) == 80
+    assert ev["general.delta.accuracy.ci_low"] is not None
     judge = read_json(built / "metrics/judge.json")
     assert "failures" in json.dumps(judge)
     report = (built / "metrics/report.md").read_text()
     assert "fine-tuned" in report.lower() and "25%" in report
+    assert "Headline: which variant answers best" in report and "Best variant by fact recall" in report
+    assert "Forgetting check" in report
     shown = run(["dvc", "metrics", "show"], built).stdout
     assert "metrics/eval.json" in shown and "metrics/judge.json" in shown

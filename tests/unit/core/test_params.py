@@ -145,7 +145,7 @@ def test_unknown_keys_name_the_valid_ones_at_every_depth(tmp_path):
     with pytest.raises(ParamsError, match=r"unknown key\(s\) in params 'split': group; valid keys: .*group_by"):
         load_section(section_config("split"), "split", write(tmp_path, {"split": {"group": "doc"}}))
     with pytest.raises(ParamsError, match=r"unknown key\(s\) in params 'train.lora': rank; valid keys: alpha, "
-                                          r"dropout, r, target_modules"):
+                                          r"dropout, layers, r, target_modules"):
         load_section(section_config("train"), "train", write(tmp_path, {"train": {"lora": {"rank": 4}}}))
     with pytest.raises(ParamsError, match=r"params 'train.lora' must be a mapping"):
         load_section(section_config("train"), "train", write(tmp_path, {"train": {"lora": 4}}))
