@@ -130,3 +130,25 @@ def test_console_script_dispatches_serve(tiny):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_the_best_variant_answers_by_default(tmp_path):
+    """chat/serve answer with the evaluate stage's best variant by fact recall unless told otherwise."""
+    from policytune.app.chat import resolve_variant
+    from policytune.core.records import write_json
+
+    ev = tmp_path / "eval.json"
+    write_json(ev, {"base.fact_recall.mean": 0.1, "finetuned.fact_recall.mean": 0.2,
+                    "base_rag.fact_recall.mean": 0.5, "finetuned_rag.fact_recall.mean": 0.7})
+    assert resolve_variant("best", eval_json=ev)[:2] == (True, True)
+    write_json(ev, {"base.fact_recall.mean": 0.3, "finetuned.fact_recall.mean": 0.2,
+                    "base_rag.fact_recall.mean": 0.6, "finetuned_rag.fact_recall.mean": 0.5})
+    ft, rag, why = resolve_variant("best", eval_json=ev)
+    assert (ft, rag) == (False, True) and "best variant" in why
+    assert resolve_variant("finetuned", eval_json=ev)[:2] == (True, False)  # named
+    assert resolve_variant("best", base=True, eval_json=ev)[:2] == (False, False)  # --base wins
+    assert resolve_variant("best", rag=True, eval_json=ev)[:2] == (True, True)  # --rag alone: fine-tuned + RAG
+    ft, rag, why = resolve_variant("best", eval_json=tmp_path / "missing.json")
+    assert (ft, rag) == (True, False) and "dvc repro evaluate" in why
+    (tmp_path / "bad.json").write_text("[1, 2")
+    assert resolve_variant("best", eval_json=tmp_path / "bad.json")[:2] == (True, False)

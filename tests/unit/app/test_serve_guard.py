@@ -435,3 +435,18 @@ def test_wildcard_binds_and_extra_names():
     assert not any_ip and not host_ok("192.168.1.20", names, any_ip)
     assert same_origin("http://127.0.0.1:8000", "127.0.0.1:8000")
     assert not same_origin("http://127.0.0.1:8000/x", "127.0.0.1:8000") and not same_origin("null", "127.0.0.1:8000")
+
+
+def test_a_request_that_names_nothing_gets_the_best_variant():
+    """serve's defaults come from the evaluate stage's best variant (ServeConfig.default_*); a
+    request's own model / rag always win."""
+    body = json.dumps({"messages": [{"role": "user", "content": "Who approves leave?"}]}).encode()
+    best = dataclasses.replace(CONFIG, default_model="base", default_rag=True)
+    req = parse_chat_request(body, models=["base", "finetuned"], config=best)
+    assert (req.model, req.rag) == ("base", True)
+    req = parse_chat_request(body, models=["base", "finetuned"], config=CONFIG)
+    assert (req.model, req.rag) == ("finetuned", False)  # no evaluation yet: fine-tuned, no retrieval
+    own = json.dumps({"model": "finetuned", "rag": False,
+                      "messages": [{"role": "user", "content": "Who approves leave?"}]}).encode()
+    req = parse_chat_request(own, models=["base", "finetuned"], config=best)
+    assert (req.model, req.rag) == ("finetuned", False)
