@@ -127,7 +127,7 @@ def _variants(doc: Doc, f: _Facts) -> None:
               "ids, roles) the answer states; All facts: every one stated; Contradiction: another value for a "
               "slot the reference fills (lower is better). Questions whose reference states no key fact are "
               "left out of the fact columns.")
-    lines = [f"Best variant by fact recall: **{MODEL_NAMES.get(best, best)}** — the chatbot "
+    lines = [f"Best variant by fact recall: {MODEL_NAMES.get(best, best)} — the chatbot "
              "(`policytune chat|serve`) answers with it unless told otherwise."]
     for comp, label in (("delta", "without retrieval (fine-tuned − base)"),
                         ("delta_rag", "with retrieval (fine-tuned + RAG − base + RAG)")):

@@ -171,3 +171,36 @@ def test_report_with_rag_variants(workdir):
     assert "| Metric (mean) | Base | Fine-tuned | Base + RAG | Fine-tuned + RAG |" in md
     assert _verdict_of(md, "Cosine similarity", "*Base + RAG − base") == "better"
     assert "*Fine-tuned + RAG − fine-tuned" in md and "*Fine-tuned + RAG − base + RAG" in md
+
+
+def test_headline_names_the_best_variant_with_fact_recall_and_forgetting(workdir):
+    """Fact recall per variant with CIs, the best variant, whether fine-tuning helped with and
+    without retrieval, the judge probe's separation and the forgetting check."""
+    pe, _ = fixture_rows()
+    rng = np.random.default_rng(5)
+    rows = []
+    for r in pe:
+        for variant, base_recall in ((r["model"], 0.2), (r["model"] + "_rag", 0.5)):
+            lift = 0.25 if variant == "finetuned_rag" else 0.0
+            fr = float(np.clip(base_recall + lift + rng.normal(0, 0.05), 0, 1))
+            rows.append({**r, "model": variant, "fact_recall": fr, "all_facts": float(fr > 0.6),
+                         "contradiction": 0.0, "looping": 0.0})
+    write_jsonl("data/eval/per_example.jsonl", rows)
+    models = ["base", "finetuned", "base_rag", "finetuned_rag"]
+    flat = M.flat_summary(rows, models, METRICS, list(COMPARISONS), n_resamples=300, seed=0)
+    flat.update({"rag.recall_at_k": 0.8, "coverage.questions": N, "coverage.with_gold_chunk": N,
+                 "coverage.gold_chunk_in_training": 31, "general.n": 40, "general.base.accuracy.mean": 0.7,
+                 "general.finetuned.accuracy.mean": 0.675, "general.delta.accuracy.mean": -0.025,
+                 "general.delta.accuracy.ci_low": -0.1, "general.delta.accuracy.ci_high": 0.05,
+                 **{f"{m}.looping_answers": 0 for m in models}})
+    write_json("metrics/eval.json", flat)
+    main([])
+    md = Path("metrics/report.md").read_text()
+    head = md.split("## Headline: which variant answers best", 1)[1].split("\n## ", 1)[0].replace("\\", "")
+    assert "Fine-tuned + RAG (best)" in head and "Best variant by fact recall: Fine-tuned + RAG — the chatbot" in head
+    assert re.search(r"with retrieval \(fine-tuned \+ RAG − base \+ RAG\): fact recall \+0\.2\d\d \[\+0\.\d+, \+0\.\d+\] "
+                     r"\(better\)", head), head
+    assert re.search(r"without retrieval \(fine-tuned − base\): fact recall [+-]0\.0\d\d .*no significant difference", head)
+    assert "31 of them that chunk produced training pairs" in head
+    forgetting = md.split("## Forgetting check: general skills", 1)[1].split("\n## ", 1)[0]
+    assert "0.700" in forgetting and "0.675" in forgetting and "may have cost general ability" in forgetting
