@@ -66,6 +66,17 @@ COMPARISONS = EVAL_COMPARISONS[:2]
 
 
 @dataclass
+class ProbeConfig:
+    enabled: bool = field(default=True, metadata={
+        "help": "also score a probe built from the test set (reference-exact, other-question, vague and "
+                "one-number-changed answers) with the same metric, judge and cache: data/judge/probe.jsonl, "
+                "probe.* keys in metrics/judge.json (policytune.evaluation.judge_probe)"})
+    limit: NonNegInt = field(default=0, metadata={"help": "probe the first N test questions; 0 = all"})
+    metric: str = field(default="Correctness", metadata={
+        "help": "the judge.metrics entry the probe scores (it must see actual_output and expected_output)"})
+
+
+@dataclass
 class JudgeConfig:
     backend: Literal["local", "openai", "bedrock"] = field(default="local", metadata={"help": "local | openai | bedrock"})
     model_dir: str = field(default="models/judge", metadata={"help": "local judge model folder (backend: local)"})
@@ -92,6 +103,13 @@ class JudgeConfig:
                 "generated once by the judge from the criteria (cached)"})
     rubric: dict[int, str] = field(default_factory=lambda: dict(DEFAULT_RUBRIC), metadata={
         "help": "score -> description; consecutive integers, single digits for probability scoring"})
+    rubrics: dict[str, dict[int, str]] = field(default_factory=dict, metadata={
+        "help": "metric name -> its own anchored rubric (score -> what that score means for this metric; "
+                "the same scores as judge.rubric); metrics not listed use judge.rubric"})
+    score_temperature: dict[str, Annotated[float, Range(gt=0, le=10)]] = field(default_factory=dict, metadata={
+        "help": "metric name -> temperature T of its score-token distribution (probability scoring): GEval "
+                "weighs softmax(logits / T); T < 1 sharpens (calibration by temperature scaling, checked by "
+                "the judge probe); metrics not listed: 1 = G-Eval's plain weighted sum; ignored by text scoring"})
     max_retries: NonNegInt = field(default=2, metadata={"help": "re-asks after a malformed judge output; then a counted failure"})
     temperature: NonNegFloat = field(default=0.0, metadata={"help": "judge sampling temperature (0 = deterministic)"})
     max_new_tokens: PositiveInt = field(default=256, metadata={"help": "cap on generated tokens (text scoring, evaluation steps)"})
@@ -100,6 +118,8 @@ class JudgeConfig:
     models: list[str] = field(default_factory=list, metadata={"help": "answer models to judge; empty = all in answers"})
     bootstrap: PositiveInt = field(default=2000, metadata={"help": "bootstrap resamples for the delta CIs"})
     ci: Annotated[float, Range(gt=0, lt=1)] = field(default=0.95, metadata={"help": "confidence level of the CIs"})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={
+        "help": "the judge probe: how far the judge's scale separates right from wrong answers"})
 
 
 class JudgeStageError(RuntimeError):
@@ -126,17 +146,31 @@ def scoring_mode(cfg: JudgeConfig) -> str:
     return cfg.scoring
 
 
-def rubric_items(cfg: JudgeConfig) -> list[tuple[int, str]]:
+def _checked_rubric(cfg: JudgeConfig, rubric: dict, where: str) -> list[tuple[int, str]]:
     try:
-        items = sorted((int(k), str(v)) for k, v in cfg.rubric.items())
+        items = sorted((int(k), str(v)) for k, v in rubric.items())
     except (TypeError, ValueError):
-        raise ParamsError(f"judge.rubric keys must be integers, got {list(cfg.rubric)}") from None
+        raise ParamsError(f"{where} keys must be integers, got {list(rubric)}") from None
     scores = [s for s, _ in items]
     if len(scores) < 2 or scores != list(range(scores[0], scores[-1] + 1)) or not 0 <= scores[0] < scores[-1] <= 10:
-        raise ParamsError(f"judge.rubric needs at least two consecutive integer scores in 0..10, got {scores}")
+        raise ParamsError(f"{where} needs at least two consecutive integer scores in 0..10, got {scores}")
     if scoring_mode(cfg) == "probabilities" and scores[-1] > 9:
-        raise ParamsError("judge.rubric: probability scoring reads one digit token; use scores 0..9")
+        raise ParamsError(f"{where}: probability scoring reads one digit token; use scores 0..9")
     return items
+
+
+def rubric_items(cfg: JudgeConfig, metric: Optional[str] = None) -> list[tuple[int, str]]:
+    """[(score, description)] of ``metric``'s rubric (``judge.rubrics.<metric>`` where given, else
+    ``judge.rubric``), checked; without a metric, the shared ``judge.rubric`` (whose score range
+    every per-metric rubric must have: one judge reads one range of score tokens)."""
+    items = _checked_rubric(cfg, cfg.rubric, "judge.rubric")
+    if metric is None or metric not in cfg.rubrics:
+        return items
+    own = _checked_rubric(cfg, cfg.rubrics[metric], f"judge.rubrics.{metric}")
+    if [s for s, _ in own] != [s for s, _ in items]:
+        raise ParamsError(f"judge.rubrics.{metric} scores {[s for s, _ in own]} differ from judge.rubric's "
+                          f"{[s for s, _ in items]}")
+    return own
 
 
 def metric_specs(cfg: JudgeConfig) -> list[dict]:
@@ -163,9 +197,12 @@ def metric_specs(cfg: JudgeConfig) -> list[dict]:
         keys.add(key)
         specs.append({"name": name, "key": key, "criteria": criteria.strip(), "params": list(params),
                       "steps": list(steps) if steps else None})
-    unknown = sorted(set(cfg.evaluation_steps) - set(cfg.metrics))
-    if unknown:
-        raise ParamsError(f"judge.evaluation_steps names unknown metric(s) {unknown}; metrics: {list(cfg.metrics)}")
+    for what in ("evaluation_steps", "rubrics", "score_temperature"):
+        unknown = sorted(set(getattr(cfg, what)) - set(cfg.metrics))
+        if unknown:
+            raise ParamsError(f"judge.{what} names unknown metric(s) {unknown}; metrics: {list(cfg.metrics)}")
+    for spec in specs:
+        spec["rubric"] = rubric_items(cfg, spec["name"])
     return specs
 
 
@@ -308,12 +345,14 @@ def _make_geval(spec: dict, cfg: JudgeConfig, judge, steps: Optional[list[str]])
 
     if cfg.prompt not in ("compact", "deepeval"):
         raise ParamsError(f"judge.prompt must be compact | deepeval, got {cfg.prompt!r}")
-    rubric = [Rubric(score_range=(s, s), expected_outcome=text) for s, text in rubric_items(cfg)]
+    rubric = [Rubric(score_range=(s, s), expected_outcome=text) for s, text in rubric_items(cfg, spec["name"])]
     # both say, before the test case, that its fenced fields are data (judge_llm.DATA_NOTE)
     template = compact_template(spec["criteria"]) if cfg.prompt == "compact" else deepeval_template()
+    t = float(cfg.score_temperature.get(spec["name"], 1.0))
+    model = judge.calibrated(t) if t != 1.0 and hasattr(judge, "calibrated") else judge
     return GEval(name=spec["name"], criteria=spec["criteria"],
                  evaluation_params=[SingleTurnParams(p) for p in spec["params"]],
-                 evaluation_steps=steps, rubric=rubric, model=judge, async_mode=False,
+                 evaluation_steps=steps, rubric=rubric, model=model, async_mode=False,
                  strict_mode=False, verbose_mode=False, evaluation_template=template)
 
 
@@ -397,7 +436,7 @@ def judge_one(geval, judge, fields: dict) -> dict:
     attempts = sum(c.get("attempts", 1) for c in calls) or 1
     if judge.scoring == "probabilities" and calls:
         c = calls[-1]
-        raw = {k: c[k] for k in ("probs", "mass", "expected") if k in c}
+        raw = {k: c[k] for k in ("probs", "mass", "expected", "temperature", "model_probs") if k in c}
     else:
         raw = calls[-1].get("raw") if calls else None
     record = {"score": round(float(score), 6), "raw": raw, "failed": False, "attempts": attempts,
@@ -434,8 +473,11 @@ def _context_sources(items: list[dict], contexts: dict[str, tuple[str, str]]) ->
 
 def _score_row(spec: dict, item: dict, ctx_source: str, rec: dict) -> dict:
     """The scores.jsonl row of one judgement record."""
+    raw = rec.get("raw")
+    if isinstance(raw, dict):  # in the cache's (sorted) key order: a first run and its rerun write the same bytes
+        raw = dict(sorted(raw.items()))
     row = {"qa_id": item["qa_id"], "model": item["model"], "metric": spec["name"], "score": rec["score"],
-           "raw": rec.get("raw"), "reason": rec.get("reason", ""), "failed": bool(rec.get("failed")),
+           "raw": raw, "reason": rec.get("reason", ""), "failed": bool(rec.get("failed")),
            "attempts": rec.get("attempts", 0)}
     if "context" in spec["params"]:
         row["context_source"] = ctx_source
@@ -450,11 +492,15 @@ def _plan(specs: list[dict], items: list[dict], contexts: dict[str, tuple[str, s
     for spec in specs:
         steps = steps_info[spec["name"]]["steps"]
         template = prompt_fingerprint(gevals[spec["name"]])
+        # a calibrated metric's judgements depend on its score temperature (1 leaves old keys as they were)
+        temperature = getattr(gevals[spec["name"]].model, "score_temperature", 1.0)
+        calib = {"score_temperature": temperature} if temperature != 1.0 else {}
         for item in items:
             context, ctx_source = contexts.get(item["qa_id"], (item["reference"], "reference"))
             fields = _test_case_fields(spec, item, context)
             key = stable_id({"v": CACHE_VERSION, "judge": ident, "metric": spec["name"], "criteria": spec["criteria"],
-                             "steps": steps, "rubric": rubric_items(cfg), "template": template, "fields": fields}, n=32)
+                             "steps": steps, "rubric": rubric_items(cfg, spec["name"]), "template": template, "fields": fields,
+                             **calib}, n=32)
             if not item["answer"].strip():
                 counters["empty_answers"] += 1
                 finish(spec, item, ctx_source, {

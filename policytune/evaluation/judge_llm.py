@@ -370,13 +370,15 @@ class TextJudge(_JudgeBase):
 @dataclass
 class ScoreResult:
     scores: list[int]
-    probs: list[float]            # softmax over the score tokens
+    probs: list[float]            # softmax over the score tokens (at the score temperature)
     logprobs: list[float]         # log of the above (what GEval receives as top_logprobs)
     mass: float                   # probability of the score tokens under the full vocabulary
     expected: float               # expected score (no cut-off)
     prompt_tokens: int
     cached_tokens: int
     seconds: float
+    temperature: float = 1.0      # score temperature T: probs = softmax(logits / T)
+    model_probs: list[float] | None = None  # the judge's own softmax (T = 1), kept when T != 1
 
     @property
     def best(self) -> int:
@@ -386,9 +388,17 @@ class ScoreResult:
 class ProbabilityJudge(_JudgeBase):
     """Local judge: scores from the probabilities of the score tokens (one forward pass over the
     item's own tokens, the metric's shared prompt prefix served from a KV cache), evaluation steps
-    from greedy text generation (:class:`TextJudge` on the same backend)."""
+    from greedy text generation (:class:`TextJudge` on the same backend).
+
+    ``score_temperature`` T (calibration, temperature scaling): the score-token distribution
+    GEval weighs is ``softmax(logits / T)``, i.e. ``p ** (1/T)`` renormalised; T < 1 sharpens a
+    small judge's spread-out distribution towards its own most likely score, T = 1 is G-Eval's
+    plain weighted sum. It never changes which score is most likely, nor the order of two
+    judgements with the same shape, only how far the expected score sits from the scale's ends;
+    :meth:`calibrated` gives a per-metric view of one judge at another T."""
 
     scoring = "probabilities"
+    score_temperature = 1.0
 
     def __init__(self, backend: LocalBackend, *, max_retries: int = 2, max_new_tokens: int = 256,
                  score_range: tuple[int, int] = DEFAULT_SCORE_RANGE, max_prefixes: int = 8,
@@ -410,6 +420,20 @@ class ProbabilityJudge(_JudgeBase):
 
     def supports_log_probs(self) -> bool:
         return True
+
+    def calibrated(self, temperature: float) -> "ProbabilityJudge":
+        """This judge at score temperature ``temperature``: the same model, KV-cached prefixes,
+        call log and counters (a shallow copy), so a metric can be calibrated on its own."""
+        import copy
+
+        t = float(temperature)
+        if not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"score temperature must be a positive number, got {temperature!r}")
+        if t == self.score_temperature:
+            return self
+        view = copy.copy(self)
+        view.score_temperature = t
+        return view
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -495,26 +519,33 @@ class ProbabilityJudge(_JudgeBase):
         logits = out.logits[0, -1].double()
         full = torch.log_softmax(logits, dim=-1)
         sel = logits[self._score_ids]
-        restricted = torch.log_softmax(sel, dim=-1)
+        t = self.score_temperature
+        scaled = sel / t if t != 1.0 else sel
+        restricted = torch.log_softmax(scaled, dim=-1)
         scores = list(range(self.score_range[0], self.score_range[1] + 1))
-        probs = score_probabilities(sel.tolist())
+        probs = score_probabilities(scaled.tolist())
         secs = time.monotonic() - t0
         self.stats["model_calls"] += 1
         self.stats["forward_tokens"] += len(ids) - cached
         self.stats["seconds"] += secs
         return ScoreResult(scores=scores, probs=probs, logprobs=restricted.tolist(),
-                           mass=float(full[self._score_ids].exp().sum()), expected=expected_score(sel.tolist(), scores),
-                           prompt_tokens=len(ids), cached_tokens=cached, seconds=secs)
+                           mass=float(full[self._score_ids].exp().sum()),
+                           expected=expected_score(scaled.tolist(), scores),
+                           prompt_tokens=len(ids), cached_tokens=cached, seconds=secs, temperature=t,
+                           model_probs=score_probabilities(sel.tolist()) if t != 1.0 else None)
 
     def _reason(self, r: ScoreResult) -> str:
         dist = ", ".join(f"{s}:{p:.2f}" for s, p in zip(r.scores, r.probs))
-        return (f"score from the judge's score-token probabilities ({dist}; expected {r.expected:.2f}); "
+        at = f" at score temperature {r.temperature:g}" if r.temperature != 1.0 else ""
+        return (f"score from the judge's score-token probabilities{at} ({dist}; expected {r.expected:.2f}); "
                 f"no free-text reason is generated")
 
     def _log_score(self, r: ScoreResult) -> None:
+        extra = {} if r.model_probs is None else {"temperature": r.temperature,
+                                                  "model_probs": [round(p, 6) for p in r.model_probs]}
         self.calls.add(kind="score", attempts=1, failed=False, probs=[round(p, 6) for p in r.probs],
                        mass=round(r.mass, 6), expected=round(r.expected, 6), prompt_tokens=r.prompt_tokens,
-                       cached_tokens=r.cached_tokens, seconds=round(r.seconds, 3))
+                       cached_tokens=r.cached_tokens, seconds=round(r.seconds, 3), **extra)
 
     def generate_raw_response(self, prompt: str, top_logprobs: int = 20, **kwargs: Any):
         """What GEval asks a logprob-capable judge for: a ChatCompletion whose content is the JSON

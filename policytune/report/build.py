@@ -164,7 +164,9 @@ def _judge_probe(doc: Doc, f: _Facts) -> None:
               caption=f"AUC exact vs all wrong answers: {fmt(j.get('probe.auc'))}; exact vs one number changed: "
               f"{fmt(j.get('probe.auc_number_changed'))}; {j.get('probe.n', '?')} questions. The target is exact ≥ 0.8, "
               "wrong ≤ 0.2, AUC ≥ 0.95: " + ("met." if j.get("probe.separates") else "NOT met, so read the judge's "
-                                               "differences with care."))
+                                               "differences with care.")
+              + " The default Correctness score temperature (judge.score_temperature) was fitted on this probe, "
+              "so the probe is not an independent check of that one number; the ranking (AUC) does not depend on it.")
 
 
 def _forgetting(doc: Doc, f: _Facts) -> None:

@@ -32,7 +32,11 @@ def test_stage_main_over_a_loopback_openai_server(tmp_path, openai_server, monke
 
     port = openai_server.server_address[1]
     write_jsonl(tmp_path / "answers.jsonl", answers_fixture())
-    write_jsonl(tmp_path / "test.jsonl", [{"qa_id": "q1", "chunk_id": "c1"}])
+    # test rows: the source chunk of q1 (Consistency) and every question's reference (the probe)
+    write_jsonl(tmp_path / "test.jsonl", [
+        {"qa_id": a["qa_id"], "question": a["question"], "answer": a["reference"],
+         **({"chunk_id": "c1"} if a["qa_id"] == "q1" else {})}
+        for a in answers_fixture() if a["model"] == "base"])
     write_jsonl(tmp_path / "chunks.jsonl", [{"chunk_id": "c1", "text": "Hotels in Lyon: 145 EUR a night."}])
     params = {"judge": {
         "backend": "openai", "bootstrap": 200,
@@ -45,7 +49,7 @@ def test_stage_main_over_a_loopback_openai_server(tmp_path, openai_server, monke
         f"--{k}={tmp_path / v}" for k, v in [("answers", "answers.jsonl"), ("test", "test.jsonl"),
                                              ("chunks", "chunks.jsonl"), ("scores", "out/scores.jsonl"),
                                              ("cache", "out/cache"), ("metrics", "out/judge.json"),
-                                             ("stats", "out/stats.json")]]
+                                             ("stats", "out/stats.json"), ("probe", "out/probe.jsonl")]]
     main(args)
     rows = read_jsonl(tmp_path / "out/scores.jsonl")
     metrics = read_json(tmp_path / "out/judge.json")
@@ -67,8 +71,19 @@ def test_stage_main_over_a_loopback_openai_server(tmp_path, openai_server, monke
     assert {(r["temperature"], r["model"]) for r in openai_server.requests} == {(0.0, "loopback-judge")}
     stats = read_json(tmp_path / "out/stats.json")
     assert stats["judge"]["model"] == "openai:loopback-judge" and stats["counts"]["failures"] == 2
+    # the judge probe: 3 questions x 4 kinds, Correctness only, through the same judge and cache
+    probe = read_jsonl(tmp_path / "out/probe.jsonl")
+    assert len(probe) == 12 and {r["metric"] for r in probe} == {"Correctness"}
+    assert {r["kind"] for r in probe} == {"exact", "other", "vague", "number_changed"}
+    # the scripted judge gives 5 to any fixture reference (so "other" too) and 2 to anything else
+    assert metrics["probe.exact.mean"] == 1.0 and metrics["probe.other.mean"] == 1.0
+    assert metrics["probe.vague.mean"] == 0.25 and metrics["probe.number_changed.mean"] == 0.25
+    assert metrics["probe.auc"] == pytest.approx((3 * 3 * 0.5 + 6 * 3 * 1.0) / 27) and metrics["probe.separates"] == 0
+    assert metrics["probe.n"] == 3 and stats["probe"]["counts"]["judgements"] == 12
     n_requests = len(openai_server.requests)
     main(args)  # rerun, nothing changed: no request reaches the server
     assert len(openai_server.requests) == n_requests
     assert read_jsonl(tmp_path / "out/scores.jsonl") == rows
-    assert read_json(tmp_path / "out/judge.json")["judge_calls"] == 0
+    assert read_jsonl(tmp_path / "out/probe.jsonl") == probe
+    rerun = read_json(tmp_path / "out/judge.json")
+    assert rerun["judge_calls"] == 0 and rerun["probe.judge_calls"] == 0 and rerun["probe.cache_hits"] == 12

@@ -94,11 +94,17 @@ def test_report_with_judge(workdir):
     # judge.json as the judge stage writes it; its delta keys are used as they are
     jflat = {"n": N, "judgements": len(scores), "failures": 3, "judge_calls": 400, "cache_hits": 0,
              "base.consistency.failures": 3, "delta.correctness.mean": 0.1, "delta.correctness.ci_low": 0.05,
-             "delta.correctness.ci_high": 0.15}
+             "delta.correctness.ci_high": 0.15,
+             "probe.exact.mean": 0.939, "probe.other.mean": 0.165, "probe.vague.mean": 0.138,
+             "probe.number_changed.mean": 0.287, "probe.auc": 1.0, "probe.auc_number_changed": 0.98,
+             "probe.n": 30, "probe.separates": 1}
     write_json("metrics/judge.json", jflat)
     main([])
     md = Path("metrics/report.md").read_text()
     assert "judge not run" not in md
+    probe = md.split("### Judge probe: does the judge's scale separate?", 1)[1].split("\n## ", 1)[0]
+    assert "| exact | the reference itself | 0.939 |" in probe and "| other |" in probe
+    assert "AUC exact vs all wrong answers: 1.000" in probe and "met." in probe
     assert "Table 2. Fine-tuned metrics as scored by the LLM judge" in md
     assert "Table 3. Base metrics as scored by the LLM judge" in md
     for name in JUDGE:
