@@ -4,7 +4,7 @@ commands of the README's "Working as a team" section and nothing more (no blanke
 Person A runs the pipeline (the session's `built` repo: `dvc repro` on the tiny models), commits
 what DVC wants committed, adds the remote and `dvc push`es. Person B clones, configures the
 remote's endpoint and keys, `dvc pull`s (byte-identical to A, `dvc status` clean), tries
-train.lora.r=16 as an experiment, keeps it on a branch, and `dvc metrics diff main`,
+train.lora.r=32 as an experiment, keeps it on a branch, and `dvc metrics diff main`,
 `make review BASE=main` and `dvc exp show` all show the change.
 """
 
@@ -92,8 +92,8 @@ def test_two_people_share_the_project_through_s3(built, tmp_path):
         before = tracked_outputs(a)
         assert tracked_outputs(b) == before, "dvc pull must restore A's outputs byte for byte"
 
-        # the change: LoRA rank 8 -> 16, as an experiment on main
-        p = run(["dvc", "exp", "run", "-n", "r16", "-S", "train.lora.r=16"], b, timeout=1800)
+        # the change: LoRA rank 16 -> 32 (params.yaml has 16), as an experiment on main
+        p = run(["dvc", "exp", "run", "-n", "r32", "-S", "train.lora.r=32"], b, timeout=1800)
         ran = stages_run(p.stdout)
         assert "train" in ran and "evaluate" in ran and not {"scrape", "generate_qa", "split"} & set(ran), ran
         shown = json.loads(run(["dvc", "exp", "show", "--json"], b).stdout)
@@ -101,29 +101,29 @@ def test_two_people_share_the_project_through_s3(built, tmp_path):
         best = [line.split() for line in diff.splitlines() if "best_eval_loss" in line]
         assert best and best[0][0] == "metrics/train.json" and best[0][2] != best[0][3], diff
 
-        git(b, "checkout", "-q", "-b", "lora-r16")
+        git(b, "checkout", "-q", "-b", "lora-r32")
         git(b, "add", *commit_paths(b))
-        git(b, "commit", "-qm", "train.lora.r=16")
+        git(b, "commit", "-qm", "train.lora.r=32")
         assert changed_paths(b) == [], changed_paths(b)
         run(["make", "review", "BASE=main"], b)
         comment = (b / "review/comment.md").read_text()
         shown_after = run(["dvc", "exp", "show", "-n", "2", "--md"], b).stdout
         run(["dvc", "push"], b)
-        git(b, "push", "-q", "-u", "origin", "lora-r16")
+        git(b, "push", "-q", "-u", "origin", "lora-r32")
         assert "in sync" in run(["dvc", "status", "-c"], b).stdout
 
-    # dvc exp show, right after the run: main, and under it the experiment with r=16
+    # dvc exp show, right after the run: main, and under it the experiment with r=32
     lora_r = {e.get("name"): e["data"]["params"]["params.yaml"]["data"]["train"]["lora"]["r"]
               for rev in shown for e in [rev, *[x for ex in rev.get("experiments") or [] for x in ex["revs"]]]}
-    assert lora_r.get("main") == 8 and lora_r.get("r16") == 16, lora_r
-    # ... and after the commit (-n 2): the branch, main, and main's experiment r16
+    assert lora_r.get("main") == 16 and lora_r.get("r32") == 32, lora_r
+    # ... and after the commit (-n 2): the branch, main, and main's experiment r32
     rows = [line.split("|")[1].strip() for line in shown_after.splitlines()[2:] if line.startswith("|")]
-    assert "lora-r16" in rows and "main" in rows and any("[r16]" in r for r in rows), shown_after
+    assert "lora-r32" in rows and "main" in rows and any("[r32]" in r for r in rows), shown_after
 
     # the review comment: sticky marker, the changed param, the headline metric with both values
     assert comment.splitlines()[0] == "<!-- policytune-review -->"
     params = comment.split("### Params")[1]
-    assert any([c.strip() for c in line.split("|")[2:5]] == ["train.lora.r", "8", "16"]
+    assert any([c.strip() for c in line.split("|")[2:5]] == ["train.lora.r", "16", "32"]
                for line in params.splitlines()), params
     head = comment.split("<details>")[0]
     row = next(line for line in head.splitlines() if "| best_eval_loss" in line)

@@ -391,7 +391,7 @@ def test_pathological_inputs_are_fast(name):
     assert s["n_ref_facts"] == 1
     start = time.process_time()
     fact_scores(HOTEL, text[:20_000])  # and as the reference
-    assert time.process_time() - start < 0.5
+    assert time.process_time() - start < 2.0
 
 
 def test_long_surface_text_is_capped():
