@@ -387,11 +387,11 @@ def test_pathological_inputs_are_fast(name):
     text = PATHOLOGICAL[name]()
     start = time.process_time()  # CPU time: other jobs on the machine do not count
     s = fact_scores(text, HOTEL)
-    assert time.process_time() - start < 2.0
+    assert time.process_time() - start < 10.0  # linear: a quadratic scan of 1 MB takes hours; 2 s flaked on CI (2.2 s)
     assert s["n_ref_facts"] == 1
     start = time.process_time()
     fact_scores(HOTEL, text[:20_000])  # and as the reference
-    assert time.process_time() - start < 2.0
+    assert time.process_time() - start < 10.0  # linear: a quadratic scan of 1 MB takes hours; 2 s flaked on CI (2.2 s)
 
 
 def test_long_surface_text_is_capped():
