@@ -137,15 +137,19 @@ def p4_2001_turns(h, p):
     return {"messages": len(msgs), **r}
 
 
-def p5_1mib(h, p, pid, client_timeout=20, watch=20):
-    msgs, size = [], 0
-    i = 0
+def mib_history(limit: int = (1 << 20) - 200) -> list[dict]:
+    """Short user/assistant turns up to ~1 MiB of JSON: the body of probe p5 (and serve_trim_probe)."""
+    msgs, size, i = [], 0, 0
     while True:
         m = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
         add = len(json.dumps(m))
-        if size + add > (1 << 20) - 200:
-            break
+        if size + add > limit:
+            return msgs
         msgs += m; size += add; i += 1
+
+
+def p5_1mib(h, p, pid, client_timeout=20, watch=20):
+    msgs = mib_history()
     msgs.append({"role": "user", "content": Q})
     body = json.dumps({"messages": msgs, "max_tokens": 4})
     assert len(body) <= 1 << 20, len(body)
@@ -213,4 +217,5 @@ def main():
     json.dump(out, open(a.out, "w"), indent=1)
 
 
-main()
+if __name__ == "__main__":
+    main()

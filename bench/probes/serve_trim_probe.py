@@ -6,6 +6,9 @@ sys.path.insert(0, root)
 import importlib
 chat = importlib.import_module(module)
 from transformers import AutoTokenizer
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from serve_probes import mib_history  # noqa: E402
 tok = AutoTokenizer.from_pretrained("/tmp/after/models/student")
 bot = chat.Chatbot(model=None, tokenizer=tok, engine=None, context_tokens=8192)
 calls = []
@@ -16,14 +19,8 @@ if case == "turns2001":
     for i in range(2000):
         msgs += [{"role": "user", "content": f"Question number {i} about the travel policy?"},
                  {"role": "assistant", "content": f"Answer number {i} about the travel policy."}]
-else:  # the 1 MiB body of probes.py p5
-    msgs, size, i = [], 0, 0
-    while True:
-        m = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
-        add = len(json.dumps(m))
-        if size + add > (1 << 20) - 200:
-            break
-        msgs += m; size += add; i += 1
+else:  # the 1 MiB body of serve_probes.py p5
+    msgs = mib_history()
 msgs.append({"role": "user", "content": "Who approves annual leave requests?"})
 t0 = time.monotonic()
 p = bot.build_prompt(msgs, max_new_tokens=4)
