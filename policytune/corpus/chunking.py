@@ -242,7 +242,8 @@ def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
 def extract_all(docs: list[dict], base: Path, cfg: ExtractConfig, log=None) -> tuple[list[dict], dict]:
     """Chunk every ok document of the render manifest; returns (chunks, stats)."""
     log = log or get_logger("extract")
-    docs = sorted((d for d in docs if d.get("status") == "ok"), key=lambda d: (d["url"], d["doc_id"]))
+    docs = sorted((d for d in docs if d.get("status") in ("ok", "low_retention") and d.get("pdf_path")),
+                  key=lambda d: (d["url"], d["doc_id"]))
     counts: Counter = Counter()
     rows: list[dict] = []
     pages_per_doc: dict[str, int] = {}

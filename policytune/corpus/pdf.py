@@ -14,13 +14,14 @@ from __future__ import annotations
 import html as htmlmod
 import io
 import re
+import time
 from pathlib import Path
 
 import pymupdf
 
 from policytune.core import records
 from policytune.core.progress import get_logger
-from policytune.corpus.html import CJK_FONT_RUN, MainContent, RenderConfig, clean_text, cjk_wrap
+from policytune.corpus.html import CJK_FONT_RUN, MainContent, RenderConfig, break_long_runs, clean_text, cjk_wrap
 
 _FONT_CSS = {"regular": ("normal", "normal"), "bold": ("bold", "normal"),
              "italic": ("normal", "italic"), "bold_italic": ("bold", "italic")}
@@ -168,23 +169,30 @@ blockquote {{margin: 0 0 {fs * 0.55:.1f}pt {fs * 1.5:.1f}pt; color: #333333; fon
 pre, code {{font-family: {mono_family}; font-size: {fs * 0.88:.2f}pt;}}
 pre {{margin: 0 0 {fs * 0.55:.1f}pt 0; white-space: pre-wrap;}}
 dd {{margin: 0 0 {fs * 0.4:.1f}pt {fs * 1.5:.1f}pt;}}
+.pt {{margin: 0 0 0 {fs * 1.6:.1f}pt;}}
 """)
     return "\n".join(css)
 
 
 def story_html(content: MainContent, url: str) -> str:
-    esc = lambda s: cjk_wrap(htmlmod.escape(clean_text(s), quote=False))  # noqa: E731
+    esc = lambda s: break_long_runs(cjk_wrap(htmlmod.escape(clean_text(s), quote=False)))  # noqa: E731
     return (f'<h1 class="doc-title">{esc(content.title)}</h1>'
             f'<p class="doc-source">Source: {esc(url)}</p><div class="hr"></div>'
             f"{content.body_xhtml}")
 
 
 class TooLong(Exception):
-    pass
+    """Layout stopped: ``reason`` is too_long (max_pdf_pages) or too_slow (the deadline)."""
+
+    def __init__(self, message: str, reason: str = "too_long"):
+        super().__init__(message)
+        self.reason = reason
 
 
-def render_pdf(content: MainContent, url: str, cfg: RenderConfig, fonts: Fonts) -> tuple[bytes, int]:
-    """Lay ``content`` out as a PDF; returns (bytes, page count). Same input -> same bytes."""
+def render_pdf(content: MainContent, url: str, cfg: RenderConfig, fonts: Fonts,
+               deadline: float | None = None) -> tuple[bytes, int]:
+    """Lay ``content`` out as a PDF; returns (bytes, page count). Same input -> same bytes.
+    ``deadline`` (time.monotonic()) is checked between PDF pages."""
     html = story_html(content, url)
     cjk_chars = "".join(sorted(set("".join(CJK_FONT_RUN.findall(content.title + " " + content.text)))))
     archive = pymupdf.Archive()
@@ -204,6 +212,9 @@ def render_pdf(content: MainContent, url: str, cfg: RenderConfig, fonts: Fonts) 
         while more:
             if pages >= cfg.max_pdf_pages:
                 raise TooLong(f"more than {cfg.max_pdf_pages} PDF pages")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TooLong(f"layout passed render.max_seconds={cfg.max_seconds} after {pages} PDF pages",
+                              "too_slow")
             dev = writer.begin_page(mediabox)
             more, _ = story.place(where)
             story.draw(dev)

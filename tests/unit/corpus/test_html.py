@@ -88,8 +88,13 @@ def test_root_selection_rules():
     assert extract_main(f"<body><div>nav junk</div><article><h1>A</h1>{filler}</article></body>").root == "article"
     assert extract_main(f"<body><div role='main'>{filler}</div></body>").root == "role=main"
     assert extract_main(f"<body><div id='content'>{filler}</div><div>x</div></body>").root == "#content"
+    # no landmark: the whole body minus chrome (no "densest block" cut that drops sibling blocks)
     c = extract_main(f"<body><div class='wrap'><div class='col'>{filler}</div><div>tiny</div></div></body>")
-    assert c.root == "densest" and "Policy text" in c.text
+    assert c.root == "body" and "Policy text" in c.text and "tiny" in c.text
+    # a small <article> (a citation box) does not win over the real content
+    cite = "<article><p>Cite as: Agency guidance 2024/12, published 3 May 2024, retrieved online.</p></article>"
+    c = extract_main(f"<body><div id='content'><h2>Scope</h2>{filler}{filler}</div>{cite}</body>")
+    assert c.root.startswith("#content") and c.text.count("Policy text") == 10
     # an article's own <header> holds its heading and is kept
     c = extract_main(f"<body><header>Site</header><article><header><h1>Leave</h1></header>{filler}</article></body>")
     assert "Leave" in c.text and "Site" not in c.text
@@ -191,7 +196,7 @@ def _check(c: MainContent) -> None:
 
 
 SAFE_TAG = re.compile(r'</?(?:h[1-6]|p|div|ul|ol|li|table|tr|td|th|blockquote|pre|b|i|u|sub|sup|code|small|q|dd|span)'
-                      r'(?: class="(?:cjk|hr)"| (?:colspan|rowspan)="\d+")*>|<br/>')
+                      r'(?: class="(?:cjk|hr|pt)"| (?:colspan|rowspan)="\d+")*>|<br/>')
 
 
 @HYP
