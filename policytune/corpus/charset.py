@@ -158,9 +158,14 @@ def decode_html_ex(data: bytes, headers: Mapping[str, str] | None = None) -> tup
     detected = _detect(data)
     if detected is not None:
         return detected[0], detected[1], "detected"
-    if text is None:
-        text = data.decode("cp1252", errors="replace")
+    if text is None:  # the 5 bytes windows-1252 leaves undefined become U+FFFD
+        text = codecs.charmap_decode(data, "strict", _CP1252_REPLACING)[0]
     return text, "cp1252", "default"
+
+
+# windows-1252 as a 256-character table, U+FFFD for 0x81 0x8D 0x8F 0x90 0x9D: decoding with it
+# has no error-handler calls (errors="replace" on 5 MB of such bytes takes ~1 s)
+_CP1252_REPLACING = "".join(bytes([i]).decode("cp1252", "replace") for i in range(256))
 
 
 def _detect(data: bytes) -> tuple[str, str] | None:
