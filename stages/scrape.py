@@ -8,12 +8,23 @@ Writes:
 
 Sources are http(s) URLs or local files/folders (a folder means every *.html / *.htm below
 it, sorted; local pages get the url ``file:<path relative to the repository root>``).
-Over http(s) the stage is a polite, bounded client: robots.txt (fetched once per host), a
-User-Agent naming the project, a delay between requests to one host, timeouts, retries with
-exponential backoff on 5xx / 429 / connection errors (``Retry-After`` honoured up to a cap),
-a size cap, manually followed redirects with loop detection, and charset detection
-(BOM -> HTTP header -> <meta> -> UTF-8 -> charset-normalizer). With ``crawl: true`` it also
-follows <a href> links from http(s) sources up to ``max_depth`` within ``allowed_domains``.
+Over http(s) the stage is a polite, bounded client: robots.txt (fetched once per host, read
+per RFC 9309 by protego: wildcards, longest match wins), a User-Agent naming the project, a
+delay between requests to one host, timeouts, retries with exponential backoff on 5xx / 429 /
+connection errors (``Retry-After`` honoured up to a cap), a size cap, manually followed
+redirects with loop detection, and charset decoding as browsers do it (BOM -> HTTP header ->
+<meta>, labels by the WHATWG table -> UTF-8 -> windows-1252, charset-normalizer only as a
+tie-breaker for undeclared pages that windows-1252 reads as mojibake). With ``crawl: true``
+it also follows <a href> links from http(s) sources up to ``max_depth`` within
+``allowed_domains``.
+
+Safety: redirects (from sources too) to loopback, link-local (cloud metadata), private,
+multicast or reserved addresses are refused (status ``private_redirect``) unless the source is
+on such an address itself or ``allow_private_redirects`` is true; symlinks that lead out of a
+local source folder are not read (status ``symlink_outside_source``); credentials in URLs
+(``user:password@``, ``secret_query_keys`` such as ``?token=``) are sent but never recorded:
+the manifest url / final_url (the page's identity downstream), page file names, errors and
+log lines are redacted; all scans of page text are linear in its size.
 
 Nothing is silently dropped: every failure is a manifest row with a status reason and an
 error message, and the counts go to data/stats/scrape.json. The stage exits non-zero (after

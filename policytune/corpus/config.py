@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from policytune.corpus.urls import DEFAULT_SECRET_QUERY_KEYS
+
 from policytune.core.params import Fraction, NonNegFloat, NonNegInt, ParamsError, PositiveFloat, PositiveInt
 
 USER_AGENT = "policytune/0.1 (+https://github.com/policytune/policytune)"
@@ -36,6 +38,13 @@ class ScrapeConfig:
     max_bytes: PositiveInt = field(default=5_000_000, metadata=_help(
         "largest response body read; larger -> status too_large"))
     max_redirects: NonNegInt = field(default=5, metadata=_help("redirect hops followed per URL"))
+    allow_private_redirects: bool = field(default=False, metadata=_help(
+        "follow redirects to loopback / link-local / private / reserved addresses even from a "
+        "public source (off: status private_redirect; a source on such an address may always)"))
+    secret_query_keys: list[str] = field(
+        default_factory=lambda: list(DEFAULT_SECRET_QUERY_KEYS), metadata=_help(
+            "query keys (case-insensitive) whose pairs are removed from every recorded URL, "
+            "like user:password@ (the request still sends them)"))
     respect_robots: bool = field(default=True, metadata=_help(
         "fetch robots.txt once per host and skip disallowed URLs (status robots_disallowed)"))
     user_agent: str = field(default=USER_AGENT, metadata=_help(
@@ -51,6 +60,9 @@ class ScrapeConfig:
              "a list of non-empty strings"),
             ("allowed_domains", all(isinstance(x, str) for x in self.allowed_domains),
              "a list of host names"),
+            ("secret_query_keys", all(isinstance(x, str) and x.strip()
+                                      for x in self.secret_query_keys),
+             "a list of non-empty strings"),
             ("max_depth", self.max_depth >= 0, ">= 0"),
             ("max_pages", self.max_pages >= 1, ">= 1"),
             ("timeout_s", self.timeout_s > 0, "> 0"),

@@ -4,6 +4,13 @@ rows and UTF-8 page texts, their counts, and the files on disk.
 ``scrape`` fetches every source (and, with ``crawl``, the pages it links to); ``summarise``
 counts the rows; ``failure_summary`` explains a run below ``min_ok_fraction``;
 ``write_outputs`` writes pages, manifest and counts atomically.
+
+A page's identity (its manifest ``url``, hence its file name, doc id, the PDF's "Source:"
+line and its chunks' urls downstream) is its URL redacted at this boundary: no
+``user:password@`` and no ``scrape.secret_query_keys`` pairs. The request uses the URL as
+given; two URLs that differ only in their secrets are one page (the first is fetched).
+Statuses added by the safety checks: ``private_redirect`` (fetch.redirect_veto) and
+``symlink_outside_source`` (local.expand_local).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from policytune.corpus.config import ScrapeConfig
 from policytune.corpus.fetch import Fetcher, new_record
 from policytune.corpus.local import LocalSource, expand_local, read_local
 from policytune.corpus.urls import (domain_allowed, extract_links, host_of, is_web, normalize_url,
-                                    safe_filename)
+                                    redact_url, safe_filename, scrub)
 
 log = get_logger("scrape")
 
@@ -49,14 +56,15 @@ def scrape(sources: Iterable[str], cfg: ScrapeConfig, *, session: requests.Sessi
     rows: dict[str, dict] = {}
     texts: dict[str, str] = {}
 
-    web, local = _split_sources(sources, root, rows)
+    web, local = _split_sources(sources, root, rows, cfg)
 
     domains = list(cfg.allowed_domains) or sorted({host_of(u) for u in web})
     queue: deque[tuple[str, int]] = deque()
-    seen: set[str] = set(rows)
+    seen: set[str] = set(rows)  # identities (redacted URLs)
     for url in web:
-        if url not in seen:
-            seen.add(url)
+        ident = redact_url(url, cfg.secret_query_keys)
+        if ident not in seen:
+            seen.add(ident)
             queue.append((url, 0))
     unique_local = []
     for src in local:
@@ -81,10 +89,12 @@ def scrape(sources: Iterable[str], cfg: ScrapeConfig, *, session: requests.Sessi
     return ScrapeResult([rows[u] for u in sorted(rows)], pages, len(skipped))
 
 
-def _split_sources(sources: list[str], root: Path,
-                   rows: dict[str, dict]) -> tuple[list[str], list[LocalSource]]:
-    """Normalised http(s) sources and expanded local ones; a source that is neither becomes
-    its failure row in ``rows`` (invalid_url, unsupported_scheme)."""
+def _split_sources(sources: list[str], root: Path, rows: dict[str, dict],
+                   cfg: ScrapeConfig | None = None) -> tuple[list[str], list[LocalSource]]:
+    """Normalised http(s) sources (unredacted, as requested) and expanded local ones; a
+    source that is neither becomes its failure row in ``rows`` (invalid_url,
+    unsupported_scheme), its url and error redacted."""
+    keys = (cfg or ScrapeConfig()).secret_query_keys
     web: list[str] = []
     local: list[LocalSource] = []
     for source in sources:
@@ -93,13 +103,14 @@ def _split_sources(sources: list[str], root: Path,
                 web.append(normalize_url(source))
                 continue
             except ValueError as e:
-                status, error = "invalid_url", f"cannot parse URL {source!r}: {e}"
+                shown = redact_url(source.strip(), keys)
+                status, error = "invalid_url", scrub(f"cannot parse URL {shown!r}: {e}", (), keys)
         elif "://" in source:
             status, error = "unsupported_scheme", "only http(s) URLs and local paths are supported"
         else:
             local.extend(expand_local(source, root))
             continue
-        rec = new_record(source.strip())
+        rec = new_record(redact_url(source.strip(), keys))
         rec.update(status=status, final_url=rec["url"], error=error)
         rows.setdefault(rec["url"], rec)
     return web, local
@@ -123,33 +134,35 @@ def _crawl(queue: deque[tuple[str, int]], seen: set[str], domains: list[str], fe
            cfg: ScrapeConfig, rows: dict[str, dict], texts: dict[str, str],
            progress: Progress) -> set[str]:
     """Fetch the queued URLs (breadth first), queueing the links of ok pages while ``cfg.crawl``
-    allows; returns the URLs found after ``max_pages`` was reached."""
+    allows; returns the URLs (identities) found after ``max_pages`` was reached. Queued URLs
+    are as requested; ``rows``, ``texts``, ``seen`` and the log use their redacted identity."""
     final_urls: dict[str, str] = {}
     skipped: set[str] = set()  # found after max_pages
     while queue:
         url, depth = queue.popleft()
-        rec, text = fetcher.fetch(url, depth, domains if depth > 0 else None)
-        final = rec.get("final_url")
+        rec, text, final_requested = fetcher.fetch_page(url, depth, domains if depth > 0 else None)
+        ident, final = rec["url"], rec.get("final_url")
         if rec["status"] == "ok" and final in final_urls:
             rec.update(status="duplicate", error=f"same final_url as {final_urls[final]}")
             text = None
         elif rec["status"] == "ok":
-            final_urls[final] = url
-        rows[url] = rec
+            final_urls[final] = ident
+        rows[ident] = rec
         if text is not None:
-            texts[url] = text
+            texts[ident] = text
             if cfg.crawl and depth < cfg.max_depth and domain_allowed(final, domains):
-                for link in extract_links(text, final):
-                    if link in seen or not domain_allowed(link, domains):
+                for link in extract_links(text, final_requested):
+                    link_ident = redact_url(link, cfg.secret_query_keys)
+                    if link_ident in seen or not domain_allowed(link, domains):
                         continue
                     if len(seen) >= cfg.max_pages:
-                        skipped.add(link)
+                        skipped.add(link_ident)
                         continue
-                    seen.add(link)
+                    seen.add(link_ident)
                     queue.append((link, depth + 1))
                     progress.total += 1
         if rec["status"] != "ok":
-            log.warning("%s: %s (%s)", url, rec["status"], rec["error"])
+            log.warning("%s: %s (%s)", ident, rec["status"], rec["error"])
         progress.update()
     return skipped
 
