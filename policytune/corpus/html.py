@@ -543,16 +543,16 @@ def bad_title(title: str, url: str = "", site_names: tuple[str, ...] = ()) -> st
     t = title.strip()
     if not t:
         return "empty"
-    if _FILE_NAME.match(t) or (" " not in t and ("_" in t or t.count(".") >= 2) and len(t) >= 6):
-        return "file name"
-    if " " not in t and _CODE.match(t) and len(t) <= 24:
-        return "code"
     key = _alnum(t)
     if key and any(key == _alnum(n) for n in site_names if n):
         return "site name"
     host = _alnum(urlsplit(url).hostname or "") if url.startswith(("http://", "https://")) else ""
     if key and host and len(key) >= 5 and key in host:
         return "site name"
+    if _FILE_NAME.match(t) or (" " not in t and ("_" in t or t.count(".") >= 2) and len(t) >= 6):
+        return "file name"
+    if " " not in t and _CODE.match(t) and len(t) <= 24:
+        return "code"
     return ""
 
 
@@ -709,15 +709,45 @@ def _block_heading(t: Tag, sizes: _Sizes) -> int:
     return 0
 
 
+def _title_line_after(n: Tag, sizes: _Sizes) -> Tag | None:
+    """The short title line right after legal heading ``n`` ("Record-keeping"), if there is one."""
+    nx = n.next_sibling
+    for _ in range(5):
+        if nx is None or isinstance(nx, Tag) or str(nx).strip():
+            break
+        nx = nx.next_sibling
+    if not isinstance(nx, Tag) or nx.name not in ("p", "div", "center"):
+        return None
+    k = sizes.chars(nx)
+    if not 0 < k <= 150 or sizes.has_blocks(nx):
+        return None
+    txt = _WS.sub(" ", nx.get_text(" ")).strip()
+    if legal_heading(txt) or split_article_label(txt):
+        return None
+    classed = bool(_TITLE_CLASS.search(_attr(nx, "class")))
+    if not classed and (txt.endswith((".", ";", ":", ",")) or len(txt.split()) > 12):
+        return None
+    return nx
+
+
 def _count_headings(body: Tag, sizes: _Sizes) -> int:
+    """Headings in the main text, counted the way the converter emits them (a title line merged
+    into its legal heading is not a heading of its own)."""
     n = 0
+    merged: set[int] = set()
     for t in body.descendants:
-        if not isinstance(t, Tag) or t.name not in ("h1", "h2", "h3", "h4", "h5", "h6", "p", "div"):
+        if not isinstance(t, Tag) or t.name not in ("h1", "h2", "h3", "h4", "h5", "h6", "p", "div", "center"):
+            continue
+        if id(t) in merged:
             continue
         if t.name in HEADINGS:
             n += sizes.chars(t) > 0
         elif _block_heading(t, sizes):
             n += 1
+            if legal_heading(_WS.sub(" ", t.get_text(" ")).strip()):
+                nx = _title_line_after(t, sizes)
+                if nx is not None:
+                    merged.add(id(nx))
         elif t.name == "p" and sizes.chars(t) and split_article_label(_lead_text(t)):
             n += 1
     return n
@@ -874,21 +904,8 @@ class _Converter:
     def _merge_title_line(self, n: Tag, depth: int) -> None:
         """"Article 12" + "Record-keeping", "CHAPTER III" + "HIGH-RISK AI SYSTEMS": the short
         title line right after a legal heading goes into the same heading."""
-        nx = n.next_sibling
-        for _ in range(5):
-            if nx is None or isinstance(nx, Tag) or str(nx).strip():
-                break
-            nx = nx.next_sibling
-        if not isinstance(nx, Tag) or nx.name not in ("p", "div", "center"):
-            return
-        k = self.sizes.chars(nx)
-        if not 0 < k <= 150 or self.sizes.has_blocks(nx):
-            return
-        txt = _WS.sub(" ", nx.get_text(" ")).strip()
-        if legal_heading(txt) or split_article_label(txt):
-            return
-        classed = bool(_TITLE_CLASS.search(_attr(nx, "class")))
-        if not classed and (txt.endswith((".", ";", ":", ",")) or len(txt.split()) > 12):
+        nx = _title_line_after(n, self.sizes)
+        if nx is None:
             return
         close = self.out.pop()                 # "</hN>" (and its "\n" in text)
         if self.text and self.text[-1] == "\n":

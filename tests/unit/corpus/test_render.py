@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,63 @@ def test_params_hash_covers_every_module_render_imports(fonts, monkeypatch):
     assert params_hash(cfg, fonts) == h
     monkeypatch.setattr(corpus_render, "source_fingerprint", lambda name: f"changed {name}")
     assert params_hash(cfg, fonts) != h
+
+
+# ---------------------------------------------------------------------------------------------
+# retention accounting and the per-page budget (issue 14)
+# ---------------------------------------------------------------------------------------------
+
+FILL = "Staff claim travel costs within thirty days of the trip using form FIN-03 and receipts. "
+
+
+def test_retention_is_measured_from_the_pdf_and_low_pages_are_flagged(tmp_path, fonts):
+    teasers = "".join(f"<div class='teaser'><p>Teaser {i}: {FILL[:120]}</p></div>" for i in range(20))
+    lossy = f"<html><body><main><h1>Policy</h1><p>{FILL * 40}</p></main>{teasers}</body></html>"
+    rows = _site(tmp_path, {"good": _doc(1), "lossy": lossy})
+    man, stats = render_pages(rows, tmp_path, "data/pdf", RenderConfig(), [], fonts)
+    by = {r["url"].rsplit("/", 1)[1]: r for r in man}
+    good, low = by["good"], by["lossy"]
+    assert good["status"] == "ok" and good["retention"] >= 0.95
+    assert good["pdf_chars"] >= good["main_chars"] - 5 and good["visible_chars"] > good["main_chars"]  # the nav
+    assert low["status"] == "low_retention" and low["retention"] < 0.9 and low["pdf_path"]
+    assert low["outside_chars"] > 20 * 70
+    assert stats["low_retention"] == 1 and stats["retention"]["pages_below"] == 1 and stats["pdfs"] == 2
+    assert stats["retention"]["main_chars"] == good["main_chars"] + low["main_chars"]
+    # rejected instead of kept, by a param; still counted
+    man2, s2 = render_pages(rows, tmp_path, "data/pdf2", RenderConfig(reject_low_retention=True), [], fonts)
+    assert s2["rejected_by_reason"] == {"low_retention": 1} and s2["pdfs"] == 1 and s2["low_retention"] == 1
+    # reused rows give the same stats
+    _, s3 = render_pages(rows, tmp_path, "data/pdf", RenderConfig(), man, fonts)
+    assert s3["reused"] == 2 and s3["retention"] == stats["retention"] and s3["low_retention"] == 1
+
+
+def test_over_budget_and_tag_bomb_pages_are_counted_rejections(tmp_path, fonts):
+    slow = "<html><body>" + "<div><p>policy text here</p></div>" * 60_000 + "</body></html>"
+    bomb = "<p>x" * 400_000
+    rows = _site(tmp_path, {"slow": slow, "bomb": bomb, "fine": _doc(3)})
+    t0 = time.monotonic()
+    man, stats = render_pages(rows, tmp_path, "data/pdf", RenderConfig(max_seconds=1.0), [], fonts)
+    assert time.monotonic() - t0 < 10
+    assert stats["rejected_by_reason"] == {"too_complex": 1, "too_slow": 1} and stats["pdfs"] == 1
+
+
+HOSTILE = {
+    "comments": "<!---->" * 700_000 + "<html><body><p>hello policy text here</p></body></html>",
+    "meta": "<html><body><p>policy text here and more</p>" + "<meta " * 800_000,
+    "script": "<p>policy text here and more</p>" + "<script " * 600_000,
+    "script_close": "<script>" + "</script " * 500_000,
+    "title": "<title " * 700_000,
+    "nospace": "<p>" + "a" * 4_900_000 + "</p>",
+    "deep": "<div>" * 100_000 + "deep policy text" + "</div>" * 100_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_pages_finish_within_10_s_with_a_counted_reason(tmp_path, fonts, name):
+    rows = _site(tmp_path, {name: HOSTILE[name]})
+    t0 = time.monotonic()
+    man, stats = render_pages(rows, tmp_path, "data/pdf", RenderConfig(), [], fonts)
+    wall = time.monotonic() - t0
+    (row,) = man
+    assert wall < 10, (name, wall)
+    assert row["status"] in ("ok", "low_retention") or row["error"] in ("empty_content", "too_complex", "too_slow", "too_long")
