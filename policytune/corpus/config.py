@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policytune.corpus.urls import DEFAULT_SECRET_QUERY_KEYS
-
 from policytune.core.params import Fraction, NonNegFloat, NonNegInt, ParamsError, PositiveFloat, PositiveInt
+from policytune.corpus.urls import DEFAULT_SECRET_QUERY_KEYS
 
 USER_AGENT = "policytune/0.1 (+https://github.com/policytune/policytune)"
 

@@ -9,23 +9,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policytune.core import records
 from policytune.corpus.charset import as_utf8_html, decode_html, decode_html_ex, meta_charset
 from policytune.corpus.config import ScrapeConfig
 from policytune.corpus.fetch import Fetcher, finish_html, looks_like_html, new_record, redirect_veto
-from policytune.corpus.scrape import failure_summary, scrape, summarise, write_outputs
+from policytune.corpus.scrape import failure_summary, scrape, summarise
 from policytune.corpus.urls import redact_url, scrub, url_secrets
 from tests.unit.corpus.test_scrape import config, page, run_scrape, session_for
 
@@ -70,9 +67,8 @@ PATHOLOGICAL = {
 @pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
 def test_pathological_pages_are_linear(name):
     body = PATHOLOGICAL[name]
-    text, took = cpu(decode_html, body, {})
+    (text, _), took = cpu(decode_html, body, {})
     assert took < CPU_BOUND_S, f"decode_html: {took:.2f}s"
-    text = text[0]
     _, took = cpu(as_utf8_html, text)
     assert took < CPU_BOUND_S, f"as_utf8_html: {took:.2f}s"
     for finish in (no_ctype, html_ctype):
@@ -83,7 +79,7 @@ def test_pathological_pages_are_linear(name):
 
 def test_comment_skipping_is_bounded_but_correct():
     # comments before the opener are skipped (within the first 64 KiB)...
-    rec, text = no_ctype(b"\n<!-- a -->  <!---->\n<!-- <html> -->\t<!DOCTYPE  html><p>x")
+    rec, _ = no_ctype(b"\n<!-- a -->  <!---->\n<!-- <html> -->\t<!DOCTYPE  html><p>x")
     assert rec["status"] == "ok" and rec["content_type"] == "text/html"
     assert no_ctype(b"<!---->" * 1000 + b"<html>")[0]["status"] == "ok"
     # ...a comment ends at its first -->, and 100k comments exceed the bound: not HTML
@@ -100,9 +96,9 @@ TOKENS = ["<!--", "-->", "<!---->", "<meta ", "<meta", "charset=", "charset = '"
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=12), st.integers(1, 20_000))
+@given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=12), st.integers(1, 10_000))
 def test_repeated_fragments_are_linear(tokens, repeat):
-    """Any short mix of tag fragments repeated up to ~20k times (up to a few hundred KB)."""
+    """Any short mix of tag fragments repeated up to 10k times (up to ~3 MB)."""
     text = "".join(tokens) * repeat
     body = text.encode("utf-8")
     for fn, arg in ((decode_html_ex, body), (as_utf8_html, text), (looks_like_html, text),
@@ -346,7 +342,7 @@ def test_loopback_source_may_redirect_to_loopback(tmp_path):
                          daemon=True).start()
         try:
             src = f"http://127.0.0.1:{server.server_address[1]}/go"
-            by_url, stats, _ = run_scrape([src], config(), tmp_path)
+            by_url, _, _ = run_scrape([src], config(), tmp_path)
             assert by_url[src]["status"] == "ok", by_url[src]["error"]
             assert by_url[src]["final_url"] == f"http://localhost:{port}/landing.html"
         finally:
@@ -376,7 +372,7 @@ def test_symlinks_leaving_a_folder_source_are_not_read(tmp_path):
     (tmp_path / "docs").mkdir()  # a file source that is a link out of its own folder
     (tmp_path / "docs" / "named.html").symlink_to(outside / "secret.html")
 
-    by_url, stats, rows = run_scrape(["site", "docs/named.html"], config(), tmp_path)
+    by_url, stats, _ = run_scrape(["site", "docs/named.html"], config(), tmp_path)
     status = {u: r["status"] for u, r in by_url.items()}
     assert status == {
         "file:site/index.html": "ok", "file:site/sub/real.html": "ok",
