@@ -140,6 +140,10 @@ def retention_stats(rows: list[dict], cfg: RenderConfig) -> dict:
         "sections": {"found": sum(r.get("sections_found") or 0 for r in have),
                      "kept": sum(r.get("sections_kept") or 0 for r in have)},
         "titles_by_source": dict(sorted(titles.items())),
+        # a list, so data_metrics leaves it out of metrics/data.json; the report shows it
+        "low_retention_pages": [{k: r.get(k) for k in ("url", "status", "retention", "pdf_chars", "main_chars")}
+                                for r in rows if r.get("retention") is not None
+                                and r["retention"] < cfg.min_retention][:50],
     }
 
 

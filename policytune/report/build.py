@@ -90,6 +90,8 @@ def build_report(inp: Inputs, cfg: ReportConfig, assets_dir: Optional[Path] = No
         _evaluation_run(doc, inp.eval_stats)
     if inp.train_metrics:
         _training(doc, inp.train_metrics)
+    if inp.render_stats:
+        _retention(doc, inp.render_stats)
     _lineage(doc, inp)
     return doc
 
@@ -373,6 +375,29 @@ def _evaluation_run(doc: Doc, es: dict) -> None:
 def _training(doc: Doc, train_metrics: dict) -> None:
     doc.h(2, "Training (metrics/train.json)")
     doc.table(["Key", "Value"], [[k, fmt(v)] for k, v in flatten(train_metrics, scalars_only=True).items()])
+
+
+def _retention(doc: Doc, rs: dict) -> None:
+    """How much of the pages' main text reached the PDFs, and which pages lost some."""
+    ret = rs.get("retention") or {}
+    if not ret:
+        return
+    doc.h(2, "Corpus: what reached the PDFs (data/stats/render.json)")
+    share = ret.get("kept_share")
+    doc.p(f"{ret.get('pages', 0)} pages have a PDF; together their PDFs hold "
+          f"{f'{100 * share:.1f}%' if share is not None else '?'} of the pages' main text "
+          f"({fmt(ret.get('pdf_chars'))} of {fmt(ret.get('main_chars'))} characters; main text = visible text "
+          f"{fmt(ret.get('visible_chars'))} minus chrome {fmt(ret.get('chrome_chars'))}). "
+          f"Lowest page: {fmt(ret.get('min'))}. {ret.get('pages_below', 0)} page(s) below render.min_retention "
+          f"{fmt(ret.get('min_retention'))}; {rs.get('low_retention', 0)} flagged low_retention. Headings (sections) "
+          f"found {fmt((rs.get('sections') or {}).get('found'))}, kept {fmt((rs.get('sections') or {}).get('kept'))}. "
+          f"Rejected pages by reason: {rs.get('rejected_by_reason') or 'none'}.")
+    low = rs.get("low_retention_pages") or []
+    if low:
+        doc.table(["Page", "Status", "Retention", "PDF chars", "Main chars"],
+                  [[r.get("url", ""), r.get("status", ""), fmt(r.get("retention")), fmt(r.get("pdf_chars")),
+                    fmt(r.get("main_chars"))] for r in low],
+                  caption="Pages whose PDF holds less than render.min_retention of their main text.")
 
 
 def _lineage(doc: Doc, inp: Inputs) -> None:

@@ -22,6 +22,7 @@ JUDGE_SCORES = Path("data/judge/scores.jsonl")
 EVAL_STATS = Path("data/stats/evaluate.json")
 TRAIN_JSON = Path("metrics/train.json")
 DATA_JSON = Path("metrics/data.json")
+RENDER_STATS = Path("data/stats/render.json")
 JUDGE_STATS = Path("data/stats/judge.json")
 
 
@@ -37,6 +38,7 @@ class Inputs:
     lineage: Optional[dict] = None
     train_metrics: Optional[dict] = None
     data_metrics: Optional[dict] = None
+    render_stats: Optional[dict] = None   # data/stats/render.json: retention and the low_retention pages
 
 
 def count_lines(path: Path) -> Optional[int]:
@@ -103,7 +105,7 @@ def collect_lineage(root: Path = Path(".")) -> dict:
 def load_inputs(eval_json: Path = EVAL_JSON, per_example: Path = PER_EXAMPLE, answers: Path = ANSWERS,
                 judge_json: Path = JUDGE_JSON, judge_scores: Path = JUDGE_SCORES, eval_stats: Path = EVAL_STATS,
                 judge_stats: Path = JUDGE_STATS, root: Path = Path("."), train_json: Path = TRAIN_JSON,
-                data_json: Path = DATA_JSON) -> Inputs:
+                data_json: Path = DATA_JSON, render_stats: Path = RENDER_STATS) -> Inputs:
     for p in (eval_json, per_example, answers):
         if not Path(p).is_file():
             raise SystemExit(f"report: {p} not found; run the evaluate stage first")
@@ -118,4 +120,5 @@ def load_inputs(eval_json: Path = EVAL_JSON, per_example: Path = PER_EXAMPLE, an
         judge_stats=read_json(judge_stats) if judge_ok and Path(judge_stats).is_file() else None,
         lineage=collect_lineage(root),
         train_metrics=read_json(train_json) if Path(train_json).is_file() else None,
-        data_metrics=read_json(data_json) if Path(data_json).is_file() else None)
+        data_metrics=read_json(data_json) if Path(data_json).is_file() else None,
+        render_stats=read_json(render_stats) if Path(render_stats).is_file() else None)

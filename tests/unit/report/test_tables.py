@@ -80,3 +80,20 @@ def test_judge_wide_pivots_in_first_seen_order():
                     {"qa_id": "q1", "model": "finetuned", "correctness": 0.7, "answer_relevancy": None},
                     {"qa_id": "q1", "model": "base", "correctness": None, "answer_relevancy": 1.0}]
     assert judge_wide([]) == ([], [], {})
+
+
+def test_report_shows_retention_and_the_low_retention_pages():
+    from policytune.report.build import _retention
+    from policytune.report.document import Doc, render_markdown
+
+    doc = Doc()
+    _retention(doc, {"retention": {"pages": 3, "kept_share": 0.9512, "pdf_chars": 9512, "main_chars": 10000,
+                                   "visible_chars": 14000, "chrome_chars": 4000, "min": 0.61, "pages_below": 1,
+                                   "min_retention": 0.9},
+                     "low_retention": 1, "sections": {"found": 40, "kept": 38},
+                     "rejected_by_reason": {"too_slow": 1},
+                     "low_retention_pages": [{"url": "https://gov.example/act", "status": "low_retention",
+                                              "retention": 0.61, "pdf_chars": 610, "main_chars": 1000}]})
+    md = render_markdown(doc)
+    assert "95.1%" in md and "1 page(s) below render.min" in md and "found 40, kept 38" in md
+    assert "https://gov.example/act" in md and "0.610" in md and "too\\_slow" in md
