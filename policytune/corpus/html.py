@@ -79,7 +79,7 @@ class RenderConfig:
                                                          "characters are rejected as empty_content"})
     link_urls: bool = field(default=False, metadata={"help": "append absolute http(s) link targets in "
                                                              "parentheses after the link text"})
-    chrome_pattern: str = field(default=r"cookie|consent|gdpr|banner|breadcrumb|skip-?link|newsletter",
+    chrome_pattern: str = field(default=r"cookie|consent|gdpr|banner|breadcrumb|skip-?link|newsletter|(?<![a-z])(?:footer|share|social|sidebar|related|toolbar)(?![a-z])",
                                 metadata={"help": "regex (case-insensitive) matched against id, class, "
                                                   "aria-label and role; matching elements are dropped"})
     max_link_density: Fraction = field(default=0.5, metadata={"help": "blocks with at least 3 links whose "
@@ -173,20 +173,23 @@ _KINDS = {
     "annex": r"annex|annexe|anhang|anlage|bijlage|anexo|allegato|appendix|appendice|ap[ée]ndice|schedule|"
              r"attachment|exhibit",
 }
+_BARE_ANNEX = re.compile(r"^(?:annex|annexe|anhang|anlage|bijlage|anexo|allegato|appendix|schedule|"
+                         r"anexo [úu]nico|annexe unique)$", re.I)
 _LEVEL = {"title": 2, "part": 2, "annex": 2, "chapter": 3, "section": 4, "article": 5}
-_NUM = r"(?:\d{1,4}[a-z]{0,3}(?:[.\-]\d{1,4}[a-z]?){0,3}|[IVXLCDM]{1,8}\b(?:-?[A-Z]\b)?|[A-Z]\b|preliminar[y]?|[úu]nic[oa]|unique)"
+_NUM = (r"(?:\d{1,4}[a-z]{0,3}(?:[.\-]\d{1,4}[a-z]?){0,3}|[IVXLCDM]{1,8}\b(?:-?[A-Z]\b)?|[A-Z]\b|preliminar[y]?|"
+        r"[úu]nic[oa]|unique|premier|premi[èe]re|1er|primero|primeiro|first)")
 _LEGAL = re.compile(rf"^(?P<kw>{'|'.join(f'(?P<{k}>{v})' for k, v in _KINDS.items())})\s*(?P<num>{_NUM})"
                     r"(?P<ord>\s?[ºª°]|\.º|\.(?=\s|$))?(?P<rest>.{0,160})$", re.I | re.S)
 _CJK_NUM = "0-9０-９一二三四五六七八九十百千零〇两兩"
-_CJK_LEGAL = re.compile(rf"^(?:第[{_CJK_NUM}]{{1,8}}(?P<cjk>[条條章节節编編篇款部])(?:之[{_CJK_NUM}]{{1,4}})?"
+_CJK_LEGAL = re.compile(rf"^(?:第\s?[{_CJK_NUM}]{{1,8}}\s?(?P<cjk>[条條章节節编編篇款部])(?:之[{_CJK_NUM}]{{1,4}})?"
                         rf"|제\s?\d{{1,4}}\s?(?P<ko>[조장절편관])(?:의\s?\d{{1,3}})?(?:\([^)]{{1,30}}\))?)")
 _CJK_LEVEL = {"条": 5, "條": 5, "款": 5, "조": 5, "节": 4, "節": 4, "절": 4, "관": 4, "章": 3, "장": 3,
               "编": 2, "編": 2, "篇": 2, "部": 2, "편": 2}
 # "Art. 5º Para os fins ...": a Romance article label at the start of a long paragraph.
 _ROMANCE_ART = re.compile(rf"^(?:art\.?|artigo|art[íi]culo|articolo)\s*\d{{1,4}}(?:[.\-]\d{{1,3}})?"
                           r"(?:\s?[ºª°]|\.º)?\.?(?:\s*[-–—])?(?=\s+\S)", re.I)
-_TITLE_CLASS = re.compile(r"(?:^|[-_\s])(?:s?ti|title|subtitle|heading|rubric|doc-?ti)(?:[-_\s\d]|$)|"
-                          r"(?<=[a-z])(?:Title|Heading)", re.UNICODE)
+_TITLE_CLASS = re.compile(r"(?:^|[-_\s])(?:s?ti|title|subtitle|heading|rubric|doc-?ti|caption)(?:[-_\s\d]|$)|"
+                          r"(?<=[a-z])(?:Title|Heading|Caption)", re.UNICODE)
 _CLASS_LEVEL = [(re.compile(r"part", re.I), 2), (re.compile(r"doc-?ti|annex|schedule", re.I), 2),
                 (re.compile(r"chap|section-1", re.I), 3), (re.compile(r"sect|p1group|division", re.I), 4),
                 (re.compile(r"art", re.I), 5)]
@@ -206,6 +209,8 @@ def legal_heading(text: str) -> tuple[int, str] | None:
         if len(rest) <= 40 and not re.search(r"[。．；]$", rest):
             return _CJK_LEVEL[m.group("cjk") or m.group("ko")], t
         return None
+    if _BARE_ANNEX.match(t):
+        return 2, t
     m = _LEGAL.match(t)
     if not m:
         return None
@@ -240,6 +245,7 @@ def split_article_label(text: str) -> tuple[int, str, str] | None:
 
 
 # ---- point tables ("(a) | the placing on the market ...") -------------------------------------
+_NUMBER_SPAN = re.compile(r"(?:^|[\s_-])(?:\w*(?:No|Num|Number|LHS)|num|number|label|lhs)(?:$|[\s_-])")
 _POINT_LABEL = re.compile(r"^(?:\(?(?:[a-z]{1,2}|[ivxlc]{1,6}|\d{1,3}[a-z]?|[A-Z])[).]?|\d{1,3}\.\d{1,3}\.?|[—–\-•·▪*])$")
 
 
@@ -509,7 +515,9 @@ def _pick_root(body: Tag, sizes: _Sizes, cfg: RenderConfig) -> tuple[Tag, str]:
 
 
 def _skipped_siblings(root: Tag, body: Tag, sizes: _Sizes, cfg: RenderConfig) -> list[Tag]:
-    """Blocks beside ``root`` (on the way up to body) that are not document sections."""
+    """Blocks beside ``root`` (on the way up to body) that are not document sections: short or
+    link-heavy blocks, and other <article>s (a citation box, a teaser: self-contained
+    compositions that lost to the root)."""
     skip: list[Tag] = []
     node = root
     for _ in range(MAX_DEPTH * 4):
@@ -520,7 +528,8 @@ def _skipped_siblings(root: Tag, body: Tag, sizes: _Sizes, cfg: RenderConfig) ->
             if sib is node:
                 continue
             if isinstance(sib, Tag):
-                if sizes.chars(sib) < cfg.section_min_chars or sizes.link_dense(sib, 0.25):
+                if (sib.name == "article" or sizes.chars(sib) < cfg.section_min_chars
+                        or sizes.link_dense(sib, 0.25)):
                     skip.append(sib)
             elif type(sib) is NavigableString and sib.strip():
                 skip.append(sib)
@@ -668,7 +677,11 @@ def _extract(text: str, url: str, cfg: RenderConfig, lenient: bool) -> MainConte
         kept_beside = sizes.chars(body) - sizes.chars(root) - sum(
             sizes.chars(s) if isinstance(s, Tag) else nonspace_chars(s) for s in skipped)
         for s in skipped:
-            outside += sizes.chars(s) if isinstance(s, Tag) else nonspace_chars(s)
+            n = sizes.chars(s) if isinstance(s, Tag) else nonspace_chars(s)
+            if isinstance(s, Tag) and s.name == "article":
+                chrome += n     # an explicit composition of its own, judged not the document
+            else:
+                outside += n
             s.extract()
         if kept_beside > 0:
             rule += "+sections"
@@ -701,7 +714,9 @@ def _block_heading(t: Tag, sizes: _Sizes) -> int:
     if hit:
         return hit[0]
     cls = _attr(t, "class")
-    if cls and _TITLE_CLASS.search(cls) and not txt.endswith((".", ";", ",")) and len(txt.split()) <= 25:
+    if (cls and _TITLE_CLASS.search(cls) and not txt.endswith(_SENTENCE_END) and len(txt.split()) <= 25
+            and not (CJK_FONT_RUN.search(txt) and len(txt) > 60) and not split_article_label(txt)
+            and not _in_table_cell(t)):
         for rx, level in _CLASS_LEVEL:
             if rx.search(cls):
                 return level
@@ -709,14 +724,57 @@ def _block_heading(t: Tag, sizes: _Sizes) -> int:
     return 0
 
 
-def _title_line_after(n: Tag, sizes: _Sizes) -> Tag | None:
-    """The short title line right after legal heading ``n`` ("Record-keeping"), if there is one."""
+def _in_table_cell(t: Tag, up: int = 4) -> bool:
+    node = t.parent
+    for _ in range(up):
+        if node is None:
+            return False
+        if node.name in ("td", "th"):
+            return True
+        node = node.parent
+    return False
+
+
+def _same_class_lines(t: Tag, sizes: _Sizes) -> list[Tag]:
+    """Title lines right after classed title ``t`` with the same class (EUR-Lex sets the document
+    title as four ``oj-doc-ti`` paragraphs): one heading, not four."""
+    out: list[Tag] = []
+    cls = _attr(t, "class")
+    nx = _next_tag(t)
+    while (nx is not None and len(out) < 8 and nx.name == t.name and _attr(nx, "class") == cls
+           and 0 < sizes.chars(nx) <= MAX_HEADING_CHARS and not sizes.has_blocks(nx)
+           and not legal_heading(_WS.sub(" ", nx.get_text(" ")).strip())):
+        out.append(nx)
+        nx = _next_tag(nx)
+    return out
+
+
+def _next_tag(n: Tag) -> Tag | None:
+    """The next sibling element, over whitespace (None when text or nothing comes next)."""
     nx = n.next_sibling
     for _ in range(5):
         if nx is None or isinstance(nx, Tag) or str(nx).strip():
             break
         nx = nx.next_sibling
-    if not isinstance(nx, Tag) or nx.name not in ("p", "div", "center"):
+    return nx if isinstance(nx, Tag) else None
+
+
+def _only_child(t: Tag) -> Tag | None:
+    kids = [c for c in t.contents if isinstance(c, Tag) or str(c).strip()]
+    return kids[0] if len(kids) == 1 and isinstance(kids[0], Tag) else None
+
+
+def _title_line_after(n: Tag, sizes: _Sizes) -> tuple[Tag, Tag] | None:
+    """The short title line right after legal heading ``n`` ("Record-keeping"), if there is one:
+    (the sibling to consume, the element whose text it is -- EUR-Lex wraps the line in a
+    ``<div class="eli-title">``)."""
+    outer = _next_tag(n)
+    nx = outer
+    for _ in range(3):
+        if nx is None or nx.name != "div" or not sizes.has_blocks(nx):
+            break
+        nx = _only_child(nx)
+    if outer is None or not isinstance(nx, Tag) or nx.name not in ("p", "div", "center"):
         return None
     k = sizes.chars(nx)
     if not 0 < k <= 150 or sizes.has_blocks(nx):
@@ -725,9 +783,22 @@ def _title_line_after(n: Tag, sizes: _Sizes) -> Tag | None:
     if legal_heading(txt) or split_article_label(txt):
         return None
     classed = bool(_TITLE_CLASS.search(_attr(nx, "class")))
-    if not classed and (txt.endswith((".", ";", ":", ",")) or len(txt.split()) > 12):
+    if not (classed and not txt.endswith(_SENTENCE_END)) and not _short_title(txt):
         return None
-    return nx
+    return outer, nx
+
+
+_SENTENCE_END = (".", ";", ":", ",", "。", "；", "：", "，", "．")
+
+
+def _short_title(txt: str) -> bool:
+    """A title line, not a sentence: no closing punctuation, at most 12 words (30 characters of
+    CJK text, which has no spaces)."""
+    if txt.endswith(_SENTENCE_END):
+        return False
+    if CJK_FONT_RUN.search(txt) and len(txt) > 30:
+        return False
+    return len(txt.split()) <= 12
 
 
 def _count_headings(body: Tag, sizes: _Sizes) -> int:
@@ -747,7 +818,9 @@ def _count_headings(body: Tag, sizes: _Sizes) -> int:
             if legal_heading(_WS.sub(" ", t.get_text(" ")).strip()):
                 nx = _title_line_after(t, sizes)
                 if nx is not None:
-                    merged.add(id(nx))
+                    merged.update((id(nx[0]), id(nx[1])))
+            else:
+                merged.update(id(x) for x in _same_class_lines(t, sizes))
         elif t.name == "p" and sizes.chars(t) and split_article_label(_lead_text(t)):
             n += 1
     return n
@@ -874,6 +947,8 @@ class _Converter:
             self._wrap("div", n, depth)
         else:
             self.block(n, depth)           # span, font, label, custom elements: transparent
+            if name == "span" and _NUMBER_SPAN.search(_attr(n, "class")):
+                self._emit_text(" ")       # "(a)" + "Part 2 imposes": laid out apart by CSS
 
     # -- legal structure ------------------------------------------------------------------------
     def _legal(self, n: Tag, depth: int) -> bool:
@@ -884,6 +959,9 @@ class _Converter:
             self._wrap(f"h{level}", n, depth, inline_only=True)
             if len(self.out) > start and legal_heading(_WS.sub(" ", n.get_text(" ")).strip()):
                 self._merge_title_line(n, depth)
+            elif len(self.out) > start:
+                for line in _same_class_lines(n, self.sizes):
+                    self._merge_line(line, depth, line)
             return True
         if n.name != "p":
             return False
@@ -904,18 +982,23 @@ class _Converter:
     def _merge_title_line(self, n: Tag, depth: int) -> None:
         """"Article 12" + "Record-keeping", "CHAPTER III" + "HIGH-RISK AI SYSTEMS": the short
         title line right after a legal heading goes into the same heading."""
-        nx = _title_line_after(n, self.sizes)
-        if nx is None:
+        found = _title_line_after(n, self.sizes)
+        if found is None:
             return
+        outer, nx = found
+        self._merge_line(outer, depth, nx)
+
+    def _merge_line(self, outer: Tag, depth: int, inner: Tag) -> None:
+        """Append ``inner``'s text as a new line of the heading just emitted; skip ``outer`` later."""
         close = self.out.pop()                 # "</hN>" (and its "\n" in text)
         if self.text and self.text[-1] == "\n":
             self.text.pop()
         self.out.append("<br/>")
         self.text.append(" ")
-        self._inline_children(nx, depth)
+        self._inline_children(inner, depth)
         self.out.append(close)
         self.text.append("\n")
-        self.consumed.add(id(nx))
+        self.consumed.add(id(outer))
 
     def _wrap(self, tag: str, n: Tag, depth: int, inline_only: bool = False, keep_empty: bool = False) -> None:
         start = len(self.out)
