@@ -169,3 +169,21 @@ def test_a_5_mb_word_lays_out_in_linear_time(fonts):
     with pymupdf.open("pdf", pdf) as doc:
         text = doc[1].get_text()
     assert ZWSP not in text and set(text.strip()) <= {"x", "\n"}
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PATHOLOGICAL = ["<!---->", "<!--", "<meta ", "<script", "</script ", "<title ", "<style", "</style", "<p ",
+                "<a href=", "x" * 100, "第一条", "Article 1", "<table><tr><td>(a)</td><td>", "&amp;", "<", ">"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.tuples(st.sampled_from(PATHOLOGICAL), st.integers(1, 30_000)), min_size=1, max_size=4))
+def test_pathological_runs_stay_linear(parts):
+    """Long runs of the tokens that made regexes exponential or quadratic (issue 14), mixed: ~1 MB
+    in at most a few CPU seconds (a quadratic pass over 30,000 openers takes minutes)."""
+    html = "".join(tok * n for tok, n in parts)[:1_000_000]
+    t0 = time.process_time()
+    extract_main(html, "u")
+    assert time.process_time() - t0 < 8
