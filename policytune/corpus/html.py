@@ -96,8 +96,9 @@ class RenderConfig:
                                        "(rejected); false: their PDF is kept and chunked, still flagged"})
     max_seconds: PositiveFloat = field(default=20.0, metadata={"help": "wall-clock budget of "
                                 "one page (parse, layout, PDF); a page over it is rejected as too_slow"})
-    max_elements: PositiveInt = field(default=150_000, metadata={"help": "pages with more start tags are rejected "
-                                      "as too_complex before parsing (a tag bomb; a 2.5 MB regulation has ~60,000)"})
+    max_elements: PositiveInt = field(default=150_000, metadata={"help": "pages with more start tags (once scripts, "
+                                      "styles and comments are cut) are rejected as too_complex before parsing "
+                                      "(a tag bomb; a 2.8 MB regulation has ~92,000)"})
     workers: NonNegInt = field(default=0, metadata={"help": "pages rendered at once in forked workers; "
                                                     "0 = one per CPU core"})
     max_pdf_pages: PositiveInt = field(default=3000, metadata={"help": "pages longer than this many PDF pages are "
@@ -268,6 +269,10 @@ def strip_comments(text: str) -> str:
         out.append(" ")
         i = k + 3
     return "".join(out)
+
+
+class TooComplex(ValueError):
+    """More start tags than ``render.max_elements`` (a tag bomb): rejected before parsing."""
 
 
 def element_count(text: str) -> int:
@@ -624,7 +629,9 @@ def _choose_title(raw: str, og_title: str, site_names: tuple[str, ...], root: Ta
 # ---- extraction -----------------------------------------------------------------------------
 
 def extract_main(html: bytes | str, url: str = "", cfg: RenderConfig | None = None) -> MainContent:
-    """Main content of one HTML page as safe XHTML + plain text (pure; never raises on bad HTML)."""
+    """Main content of one HTML page as safe XHTML + plain text (pure; never raises on bad HTML,
+    except :class:`TooComplex` for a page with more than ``max_elements`` start tags once
+    scripts, styles and comments are cut)."""
     cfg = cfg or RenderConfig()
     text = clean_text(decode_saved_page(html))
     content = _extract(text, url, cfg, lenient=False)
@@ -642,6 +649,9 @@ def _extract(text: str, url: str, cfg: RenderConfig, lenient: bool) -> MainConte
     title_m = _TITLE.search(text)
     raw_title = _fragment_text(htmlmod.unescape(title_m.group(1)))[:300] if title_m else ""
     text = strip_comments(_cut_raw_text(text))
+    n = element_count(text)
+    if n > cfg.max_elements:
+        raise TooComplex(f"{n} start tags > render.max_elements={cfg.max_elements}")
     soup = BeautifulSoup(text, "lxml")
     lang = ""
     html_tag = soup.find("html")

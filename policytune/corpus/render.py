@@ -29,7 +29,7 @@ from policytune.core.imports import source_fingerprint
 from policytune.core.params import to_dict
 from policytune.core.progress import Progress, get_logger
 from policytune.core.isolate import Outcome, default_workers, map_with_budget
-from policytune.corpus.html import RenderConfig, decode_saved_page, element_count, extract_main, nonspace_chars
+from policytune.corpus.html import RenderConfig, TooComplex, decode_saved_page, extract_main, nonspace_chars
 from policytune.corpus.pdf import Fonts, TooLong, render_pdf
 
 STAGE_MODULE = "stages.render"   # its import closure is the code behind every PDF
@@ -191,12 +191,10 @@ def render_one(job: tuple[bytes, str, RenderConfig, Fonts]) -> dict:
     Returns the manifest fields plus ``pdf`` (bytes) when there is a PDF."""
     data, url, cfg, fonts = job
     t0 = time.monotonic()
-    text = decode_saved_page(data)
-    n = element_count(text)
-    if n > cfg.max_elements:
-        return {"status": "rejected", "error": "too_complex",
-                "detail": f"{n} elements > render.max_elements={cfg.max_elements}"}
-    content = extract_main(text, url, cfg)
+    try:
+        content = extract_main(decode_saved_page(data), url, cfg)
+    except TooComplex as e:
+        return {"status": "rejected", "error": "too_complex", "detail": str(e)}
     fields = {"title": content.title, "chars": content.chars, "root": content.root,
               "visible_chars": content.visible_chars, "chrome_chars": content.chrome_chars,
               "main_chars": content.main_chars, "outside_chars": content.outside_chars,

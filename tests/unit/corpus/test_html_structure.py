@@ -9,7 +9,7 @@ import time
 import pymupdf
 import pytest
 
-from policytune.corpus.html import (ZWSP, RenderConfig, bad_title, break_long_runs, extract_main, legal_heading,
+from policytune.corpus.html import (ZWSP, RenderConfig, TooComplex, bad_title, break_long_runs, extract_main, legal_heading,
                                     split_article_label, strip_comments)
 from policytune.corpus.pdf import Fonts, render_pdf
 
@@ -185,5 +185,8 @@ def test_pathological_runs_stay_linear(parts):
     in at most a few CPU seconds (a quadratic pass over 30,000 openers takes minutes)."""
     html = "".join(tok * n for tok, n in parts)[:1_000_000]
     t0 = time.process_time()
-    extract_main(html, "u")
+    try:
+        extract_main(html, "u")
+    except TooComplex:
+        pass                      # a counted rejection (too_complex), decided in linear time
     assert time.process_time() - t0 < 8
