@@ -207,9 +207,12 @@ def legal_heading(text: str) -> tuple[int, str] | None:
     m = _CJK_LEGAL.match(t)
     if m:
         rest = t[m.end():].strip(" \u3000")
-        if len(rest) <= 40 and not re.search(r"[。．；]$", rest):
-            return _CJK_LEVEL[m.group("cjk") or m.group("ko")], t
-        return None
+        kind = m.group("cjk") or m.group("ko")
+        if kind in ("条", "條", "조"):   # an article label stands alone or with its caption only
+            ok = not rest or re.fullmatch(r"[（(][^）)]{1,30}[）)]", rest) is not None
+        else:                           # 第二章 认证要求: a short title, never a sentence
+            ok = len(rest) <= 30 and not re.search(r"[。．；：，、,;:]", rest)
+        return (_CJK_LEVEL[kind], t) if ok else None
     if _BARE_ANNEX.match(t):
         return 2, t
     m = _LEGAL.match(t)
