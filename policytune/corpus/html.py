@@ -123,6 +123,7 @@ HIDDEN_CLASSES = {"hidden", "d-none", "sr-only", "visually-hidden", "screen-read
 HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 SMALL_FORM_CHARS = 200   # a form with less text than this is a search box / login widget
 MIN_NAV_LINKS = 3
+MAX_NAV_LINK_CHARS = 40  # mean non-space characters of a navigation link's text
 
 HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 BLOCK_TAGS = HEADINGS | {"p", "div", "section", "article", "main", "header", "footer", "ul", "ol",
@@ -426,8 +427,11 @@ class _Sizes:
         return self.m.get(id(t), (0, 0, 0, False))[3]
 
     def link_dense(self, t: Tag, max_density: float) -> bool:
+        """Navigation: at least 3 links, more than ``max_density`` of the characters in links,
+        and short link texts (menus, link lists); a list of cited acts whose long titles are
+        links ("Directive 2006/42/EC of the European Parliament ... on machinery") is content."""
         n, ln, k, _ = self.m.get(id(t), (0, 0, 0, False))
-        return k >= MIN_NAV_LINKS and n > 0 and ln > max_density * n
+        return k >= MIN_NAV_LINKS and n > 0 and ln > max_density * n and ln <= MAX_NAV_LINK_CHARS * k
 
 
 def _walk(root: Tag, visit) -> list[Tag]:
@@ -451,9 +455,12 @@ def _drop_protected(node: Tag) -> bool:
 
 
 def _junk_drops(soup: BeautifulSoup) -> list[Tag]:
-    """Junk tags, namespaced tags and hidden elements: never visible text."""
+    """Junk tags, namespaced tags, hidden elements and script links ("打印本页", "Print",
+    "A+"): never content."""
     def visit(t: Tag) -> bool:
         name = (t.name or "").lower()
+        if name == "a" and _attr(t, "href").strip().lower().startswith("javascript:"):
+            return True
         return not _drop_protected(t) and (name in JUNK_TAGS or ":" in name or _is_hidden(t))
     return _walk(soup, visit)
 
@@ -834,7 +841,8 @@ def _count_headings(body: Tag, sizes: _Sizes) -> int:
                     merged.update((id(nx[0]), id(nx[1])))
             else:
                 merged.update(id(x) for x in _same_class_lines(t, sizes))
-        elif t.name == "p" and sizes.chars(t) and split_article_label(_lead_text(t)):
+        elif (t.name in ("p", "div") and sizes.chars(t) and not sizes.has_blocks(t)
+              and split_article_label(_lead_text(t))):
             n += 1
     return n
 
@@ -976,7 +984,7 @@ class _Converter:
                 for line in _same_class_lines(n, self.sizes):
                     self._merge_line(line, depth, line)
             return True
-        if n.name != "p":
+        if n.name not in ("p", "div") or self.sizes.has_blocks(n):
             return False
         split = split_article_label(_lead_text(n))
         if not split:

@@ -191,3 +191,21 @@ def test_pathological_runs_stay_linear(parts):
     except TooComplex:
         pass                      # a counted rejection (too_complex), decided in linear time
     assert time.process_time() - t0 < 8
+
+
+def test_cited_acts_with_linked_titles_are_content_not_navigation():
+    items = "".join(f"<li><a href='/eli/dir/{i}'>Directive 2006/{i}/EC of the European Parliament and of the Council "
+                    f"of 17 May 2006 on machinery, and amending Directive 95/{i}/EC</a>;</li>" for i in range(10, 16))
+    c = extract_main(_page(f"<p class='oj-doc-ti'>ANNEX I</p><p>{PARA}</p><ol>{items}</ol>"
+                           "<div class='tools'><a href='javascript:window.print()'>打印本页</a>"
+                           "<a href='javascript:window.close()'>关闭窗口</a></div>"))
+    assert c.text.count("Directive 2006/") == 6 and c.chrome_chars == 0
+    assert "打印本页" not in c.text
+
+
+def test_egov_article_divs_are_split_into_heading_and_text():
+    c = extract_main(_page("<div class='_div_ArticleCaption'>（目的）</div><div class='_div_ArticleTitle'>"
+                           "<span class='ArticleTitle'>第一条</span>　<span class='Sentence'>この法律は、個人情報の適正な取扱いに関し、"
+                           "基本理念を定めることを目的とする。</span></div>"))
+    plain = re.sub(r'<span class="cjk">|</span>', "", c.body_xhtml)
+    assert "<h5>第一条</h5>" in plain and "<p>この法律は" in plain.replace("<p> ", "<p>")
