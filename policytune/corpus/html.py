@@ -366,12 +366,12 @@ def _is_chrome(tag: Tag, pattern: re.Pattern) -> bool:
     return bool(hay.strip()) and bool(pattern.search(hay))
 
 
-def _in_article(t: Tag, max_up: int = MAX_DEPTH) -> bool:
+def _in_article(t: Tag, max_up: int = MAX_DEPTH, names: tuple[str, ...] = ("article",)) -> bool:
     node = t.parent
     for _ in range(max_up):
         if node is None:
             return False
-        if node.name == "article":
+        if node.name in names or ("main" in names and _attr(node, "role").strip().lower() == "main"):
             return True
         node = node.parent
     return False
@@ -482,6 +482,8 @@ def _chrome_drops(soup: BeautifulSoup, pattern: re.Pattern | None, sizes: _Sizes
             return False
         if name == "header" and _in_article(t):
             return False          # an article's own header holds its heading
+        if name in ("aside", "header", "footer") and _in_article(t, names=("main", "article")):
+            return False          # inside the main content: a callout, a note, a "published on" line
         if id(t) in holders:
             spared[0] = True      # e.g. an unclosed <nav> swallowed the page: keep its content
             return False

@@ -209,3 +209,11 @@ def test_egov_article_divs_are_split_into_heading_and_text():
                            "基本理念を定めることを目的とする。</span></div>"))
     plain = re.sub(r'<span class="cjk">|</span>', "", c.body_xhtml)
     assert "<h5>第一条</h5>" in plain and "<p>この法律は" in plain.replace("<p> ", "<p>")
+
+
+def test_asides_and_footers_inside_the_main_content_are_kept():
+    c = extract_main(_page(f"<nav><a href='/'>Home</a></nav><main><h1>Leave</h1><p>{PARA}</p>"
+                           "<aside class='note'><p>Note: part-time staff accrue leave pro rata.</p></aside>"
+                           "<footer><p>Published 3 May 2024</p></footer></main><aside>Site-wide promo box</aside>"))
+    assert "part-time staff accrue leave pro rata" in c.text and "Published 3 May 2024" in c.text
+    assert "promo" not in c.text
