@@ -16,6 +16,12 @@ checks -> retry outputs with no valid pair (seeded sampling) up to ``max_retries
 (answer content words found in the chunk, and question+answer/chunk embedding cosine) -> de-duplication
 of questions across the corpus (exact after normalisation, then near by embedding cosine).
 
+Scale guard: before generating, the stage logs the chunks to send, the expected teacher tokens
+(mean reply length in the cache) and an ETA (the engine's tokens/s from earlier runs, kept in
+data/qa_cache/engine_rates.jsonl). ``budget_chunks`` / ``budget_minutes`` cap a run: chunks go
+round-robin over documents (every document's first chunk before any second one), the rest are
+counted as ``skipped_budget``, and a rerun with a larger budget continues from the cache.
+
 Cache: one JSON file per (backend, model hash, prompt hash, generation params, chunk hash)
 holding the raw attempts, written atomically as each batch finishes. A rerun re-parses the
 cached raw text (so parser or gate changes apply without calling the teacher), calls the teacher

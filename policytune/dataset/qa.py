@@ -51,6 +51,13 @@ class GenerateQAConfig:
     dedupe_cosine: Annotated[float, Range(ge=-1, le=1)] = field(default=0.9, metadata={
         "help": "questions at or above this encoder cosine to an earlier kept question are near-duplicates"})
     encoder_dir: str = field(default="models/encoder", metadata={"help": "sentence-transformers folder"})
+    budget_chunks: NonNegInt = field(default=0, metadata={
+        "help": "most chunks sent to the teacher in one run (0 = no limit; cached chunks are free); picked "
+                "round-robin over documents so each document gets its first chunks before any gets more; "
+                "the rest are counted as skipped_budget and a rerun with a larger budget continues from the cache"})
+    budget_minutes: NonNegFloat = field(default=0.0, metadata={
+        "help": "stop sending new batches after this many minutes of teacher time (0 = no limit); same "
+                "round-robin order and skipped_budget counting as budget_chunks"})
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     bedrock: BedrockConfig = field(default_factory=BedrockConfig)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from policytune.core.cache import JsonCache
 from policytune.core.progress import Progress, get_logger
-from policytune.core.records import sha256_text, stable_id
+from policytune.core.records import atomic_write_text, sha256_text, stable_id
 from policytune.dataset.qa import (GenerateQAConfig, build_messages, chunk_title, evaluate_attempt,
                                    normalise_for_dedupe, printable, prompt_sha, token_overlap)
 from policytune.lm.backends import Backend
@@ -170,9 +170,13 @@ def _ask_round(k: int, todo: list[str], temp: float, seed: int, entries: dict[st
 def _ask_teacher(need: list[str], entries: dict[str, dict], first_chunk: dict[str, dict],
                  status: dict[str, int | None], cfg: GenerateQAConfig, backend: Backend, cache: JsonCache,
                  n_attempts: int, stats: Counter, log) -> None:
-    """Step 2: generate in rounds: round k asks again for every chunk whose attempts so far all failed."""
+    """Step 2: generate in rounds: round k asks again for every chunk whose attempts so far all failed.
+    With ``budget_minutes`` each round goes out in slices of 4 batches and no slice starts after
+    the budget is spent (``need`` is in round-robin document order, so early slices cover every
+    document)."""
     retry_temp = max(cfg.temperature, cfg.retry_temperature)
     prog = Progress(log, "teacher replies", total=len(need), every_s=10.0)
+    t0 = time.monotonic()
     for k in range(n_attempts):
         todo = [key for key in need if status[key] is None and len(entries[key]["attempts"]) == k]
         if not todo:
@@ -181,7 +185,90 @@ def _ask_teacher(need: list[str], entries: dict[str, dict], first_chunk: dict[st
             stats["retries"] += len(todo)
             log.info("retry round %d: %d chunks without a valid pair", k, len(todo))
         temp, seed = (cfg.temperature if k == 0 else retry_temp), cfg.seed + k
-        _ask_round(k, todo, temp, seed, entries, first_chunk, status, cfg, backend, cache, n_attempts, prog)
+        step = len(todo) if not cfg.budget_minutes else 4 * cfg.batch_size
+        for i in range(0, len(todo), step):
+            if cfg.budget_minutes and time.monotonic() - t0 > 60 * cfg.budget_minutes:
+                log.warning("generate_qa.budget_minutes=%s spent: %d chunks of round %d not sent",
+                            cfg.budget_minutes, len(todo) - i, k)
+                return
+            _ask_round(k, todo[i:i + step], temp, seed, entries, first_chunk, status, cfg, backend, cache,
+                       n_attempts, prog)
+
+
+def round_robin(keys: list[str], doc_of: dict[str, str]) -> list[str]:
+    """``keys`` reordered so that every document's first chunk comes before any document's second:
+    a budget that stops early still covers every document."""
+    by_doc: dict[str, list[str]] = {}
+    for key in keys:
+        by_doc.setdefault(doc_of[key], []).append(key)
+    out: list[str] = []
+    queues = list(by_doc.values())
+    depth = 0
+    while len(out) < len(keys):
+        for q in queues:
+            if depth < len(q):
+                out.append(q[depth])
+        depth += 1
+    return out
+
+
+def _forecast(need: list[str], entries: dict[str, dict], cfg: GenerateQAConfig, backend: Backend,
+              rates: dict, log) -> dict:
+    """Chunks to send, expected teacher tokens and an ETA, before anything is generated: mean reply
+    length of the cached replies (else 75% of max_new_tokens), the engine's rate from earlier runs
+    (``engine_rates.jsonl`` in the cache), times the expected attempts."""
+    lengths = [a.get("n_tokens", 0) for e in entries.values() for a in e["attempts"] if a.get("n_tokens")]
+    per_reply = sum(lengths) / len(lengths) if lengths else 0.75 * cfg.max_new_tokens
+    tokens = int(len(need) * per_reply)
+    rate = rates.get(backend.fingerprint())
+    eta = tokens / rate if rate else None
+    log.info("to the teacher: %d chunks, ~%d tokens to generate (%s per reply), ETA %s%s", len(need), tokens,
+             f"{per_reply:.0f} tokens" + (" measured on the cache" if lengths else " assumed"),
+             f"{eta / 60:.1f} min at {rate:.1f} tokens/s measured before" if eta is not None
+             else "unknown (no earlier run of this engine; the progress line gives one after the first replies)",
+             "" if not cfg.budget_chunks and not cfg.budget_minutes else
+             f"; budget {cfg.budget_chunks or 'no'} chunks, {cfg.budget_minutes or 'no'} minutes")
+    return {"chunks": len(need), "expected_tokens": tokens,
+            "eta_s": round(eta, 1) if eta is not None else None}
+
+
+def _rates_path(cache: JsonCache) -> Path:
+    return Path(cache.root) / "engine_rates.jsonl"
+
+
+def _read_rates(cache: JsonCache) -> dict:
+    out = {}
+    p = _rates_path(cache)
+    if p.is_file():
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                out[str(row["engine"])] = float(row["tokens_per_s"])
+            except (ValueError, KeyError, TypeError):
+                continue      # a damaged line is ignored, never trusted
+    return out
+
+
+def _write_rate(cache: JsonCache, rates: dict, engine: str, tokens: int, secs: float) -> None:
+    if tokens < 50 or secs <= 0:
+        return
+    rates = {**rates, engine: round(tokens / secs, 3)}
+    text = "".join(json.dumps({"engine": k, "tokens_per_s": v}) + "\n" for k, v in sorted(rates.items()))
+    atomic_write_text(_rates_path(cache), text)
+
+
+def _skip_unsent(work: list[tuple[dict, str]], entries: dict[str, dict], rejected: list[dict],
+                 stats: Counter) -> list[tuple[dict, str]]:
+    """Chunks the budget left without any reply: out of the work, counted as skipped_budget."""
+    kept = []
+    for c, key in work:
+        if entries[key]["attempts"]:
+            kept.append((c, key))
+            continue
+        stats["chunks_skipped_budget"] += 1
+        rejected.append({"kind": "chunk", "reason": "skipped_budget", "retried": False,
+                         "detail": "not sent: generate_qa.budget_chunks / budget_minutes reached", **_lineage(c)})
+    return kept
 
 
 def _candidates(work: list[tuple[dict, str]], entries: dict[str, dict], status: dict[str, int | None],
@@ -273,6 +360,7 @@ def _counts(chunks: list[dict], n_gen_chunks: int, qa: list[dict], rejected: lis
     out = {
         "chunks": len(chunks),
         "chunks_skipped_short": stats["chunks_skipped_short"],
+        "chunks_skipped_budget": stats["chunks_skipped_budget"],
         "chunks_sent_to_model": stats["chunks_sent_to_model"],
         "cache_hits": stats["cache_hits"],
         "cache_partial": stats["cache_partial"],
@@ -318,17 +406,29 @@ def generate(chunks: list[dict], cfg: GenerateQAConfig, backend: Backend, cache:
     status = {key: _first_valid_attempt(entries[key], first_chunk[key]["text"], cfg, n_attempts) for key in entries}
     need = [key for key in entries if status[key] is None and len(entries[key]["attempts"]) < n_attempts]
     stats["cache_hits"] = sum(1 for c, key in work if key not in need)
+    need = round_robin(need, {key: str(first_chunk[key].get("doc_id")) for key in need})
+    if cfg.budget_chunks and len(need) > cfg.budget_chunks:
+        log.warning("generate_qa.budget_chunks=%d: %d of %d chunks go to the teacher this run (round-robin over "
+                    "documents); the rest are skipped_budget", cfg.budget_chunks, cfg.budget_chunks, len(need))
+        need = need[:cfg.budget_chunks]
     stats["cache_partial"] = sum(1 for key in need if entries[key]["attempts"])
     stats["chunks_sent_to_model"] = sum(1 for c, key in work if key in set(need))
     log.info("%d chunks: %d from cache, %d to the teacher (%s %s)", len(chunks), stats["cache_hits"],
              stats["chunks_sent_to_model"], backend.name, backend.model_id)
 
-    # 2. Generate in rounds.
+    # 2. Generate in rounds (after a forecast), within the budget.
     tokens0, secs0 = backend.stats["generated_tokens"], backend.stats["seconds"]
+    rates = _read_rates(cache)
+    forecast = _forecast(need, entries, cfg, backend, rates, log) if need else None
     if need:
         _ask_teacher(need, entries, first_chunk, status, cfg, backend, cache, n_attempts, stats, log)
     stats["teacher_tokens_generated"] = backend.stats["generated_tokens"] - tokens0
     stats["teacher_seconds"] = round(backend.stats["seconds"] - secs0, 3)
+    if need:
+        _write_rate(cache, rates, backend.fingerprint(), stats["teacher_tokens_generated"], stats["teacher_seconds"])
+    work = _skip_unsent(work, entries, rejected, stats)
+    sent = set(need)
+    stats["chunks_sent_to_model"] = sum(1 for c, key in work if key in sent)
 
     # 3. Candidates, 4. grounding, 5. de-duplication.
     candidates, retried_by_reason = _candidates(work, entries, status, cfg, n_attempts, teacher, rejected, stats)

@@ -438,3 +438,60 @@ def test_unknown_params_key_is_an_error(tmp_path, monkeypatch):
         load_section(GenerateQAConfig, "generate_qa")
     Path("params.yaml").write_text(yaml.safe_dump({"generate_qa": {"bedrock": {"region": "eu-west-1"}}}))
     assert load_section(GenerateQAConfig, "generate_qa").bedrock.region == "eu-west-1"
+
+
+# --------------------------------------------------------------------------------------------
+# Scale guard: forecast, budgets, round-robin coverage, resume
+
+
+def _corpus() -> list[dict]:
+    """Three documents (a, l, x) with three chunks each, in corpus order."""
+    out = []
+    for d, text in (("a", AI_ACT), ("l", LEAVE), ("x", EXPENSES)):
+        for i in range(3):
+            out.append(chunk(f"{d}{i}", text + f" Clause {d}{i} applies."))
+    return out
+
+
+def test_budget_chunks_covers_every_document_and_counts_the_rest(tmp_path, caplog):
+    caplog.set_level("INFO")
+    be = ScriptedBackend()
+    res = generate(_corpus(), cfg(budget_chunks=4), be, qa_cache(tmp_path / "c"), embed=fake_embed)
+    assert be.stats["prompts"] == 4
+    sent_docs = [p.split("Clause ", 1)[1][:1] for p in be.prompts]
+    assert sorted(sent_docs[:3]) == ["a", "l", "x"]            # one chunk of every document first
+    assert res.stats["chunks_skipped_budget"] == 5 and res.stats["chunks_sent_to_model"] == 4
+    skipped = [r for r in res.rejected if r["reason"] == "skipped_budget"]
+    assert len(skipped) == 5 and res.stats["rejected_by_reason"]["skipped_budget"] == 5
+    assert {r["chunk_id"] for r in res.qa} <= {f"{d}{i}" for d in "alx" for i in range(3)}
+    assert "to the teacher: 4 chunks" in caplog.text and "ETA unknown" in caplog.text and "4 of 9 chunks" in caplog.text
+    # the engine's rate is remembered next to the cache; a larger budget continues from the cache
+    assert (tmp_path / "c" / "engine_rates.jsonl").is_file()
+    caplog.clear()
+    be2 = ScriptedBackend()
+    res2 = generate(_corpus(), cfg(budget_chunks=100), be2, qa_cache(tmp_path / "c"), embed=fake_embed)
+    assert be2.stats["prompts"] == 5 and res2.stats["cache_hits"] == 4 and res2.stats["chunks_skipped_budget"] == 0
+    assert "to the teacher: 5 chunks" in caplog.text and "tokens/s measured before" in caplog.text
+    assert "measured on the cache" in caplog.text
+
+
+def test_budget_minutes_stops_between_slices(tmp_path):
+    import time as _time
+
+    class Slow(ScriptedBackend):
+        def chat(self, batch, **kw):
+            _time.sleep(0.05 * len(batch))
+            return super().chat(batch, **kw)
+
+    be = Slow()
+    res = generate(_corpus(), cfg(batch_size=1, budget_minutes=0.1 / 60), be, qa_cache(tmp_path / "c"),
+                   embed=fake_embed)
+    assert be.stats["prompts"] == 4                          # one slice of 4 batches, then the budget is spent
+    assert res.stats["chunks_skipped_budget"] == 5 and res.stats["chunks_sent_to_model"] == 4
+
+
+def test_a_damaged_rates_file_is_ignored(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "engine_rates.jsonl").write_text("{not json\n" + '{"engine": "scripted:v1"}\n')
+    res = generate(_corpus()[:2], cfg(), ScriptedBackend(), qa_cache(tmp_path / "c"), embed=fake_embed)
+    assert res.stats["chunks_sent_to_model"] == 2
