@@ -647,7 +647,7 @@ def extract_main(html: bytes | str, url: str = "", cfg: RenderConfig | None = No
     cfg = cfg or RenderConfig()
     text = clean_text(decode_saved_page(html))
     content = _extract(text, url, cfg, lenient=False)
-    if content.chars < cfg.min_chars:
+    if content.chars < cfg.min_chars and content.chrome_chars > 0:
         # Broken markup can leave the whole page inside an unclosed <nav>/<header>: keep the
         # structural chrome rather than lose the page (scripts, styles, hidden still go).
         alt = _extract(text, url, cfg, lenient=True)
