@@ -723,27 +723,31 @@ def _extract(text: str, url: str, cfg: RenderConfig, lenient: bool) -> MainConte
     return content
 
 
-def _block_heading(t: Tag, sizes: _Sizes) -> int:
-    """Heading level a short <p>/<div> block stands for (0: not a heading): a legal heading by
-    its text, or a classed title paragraph."""
+def _block_heading(t: Tag, sizes: _Sizes) -> tuple[int, bool]:
+    """(heading level, found by its legal text) of a short <p>/<div> block; level 0: not a
+    heading. A heading is a legal heading by its text, or a classed title paragraph."""
     n = sizes.chars(t)
-    if not 0 < n <= MAX_HEADING_CHARS:
-        return 0
-    if sizes.has_blocks(t):
-        return 0
+    if not 0 < n <= MAX_HEADING_CHARS or sizes.has_blocks(t):
+        return 0, False
     txt = _WS.sub(" ", t.get_text(" ")).strip()
     hit = legal_heading(txt)
     if hit:
-        return hit[0]
+        return hit[0], True
     cls = _attr(t, "class")
     if (cls and _TITLE_CLASS.search(cls) and not txt.endswith(_SENTENCE_END) and len(txt.split()) <= 25
             and not (CJK_FONT_RUN.search(txt) and len(txt) > 60) and not split_article_label(txt)
             and not _in_table_cell(t)):
-        for rx, level in _CLASS_LEVEL:
-            if rx.search(cls):
-                return level
-        return 4
-    return 0
+        return next((level for rx, level in _CLASS_LEVEL if rx.search(cls)), 4), False
+    return 0, False
+
+
+def _merged_lines(t: Tag, sizes: _Sizes, legal: bool) -> list[tuple[Tag, Tag]]:
+    """(sibling to skip, element whose text goes in) for each line merged into heading ``t``: the
+    title line after a legal heading, or the same-class title lines after a classed one."""
+    if legal:
+        found = _title_line_after(t, sizes)
+        return [found] if found is not None else []
+    return [(x, x) for x in _same_class_lines(t, sizes)]
 
 
 def _in_table_cell(t: Tag, up: int = 4) -> bool:
@@ -835,14 +839,10 @@ def _count_headings(body: Tag, sizes: _Sizes) -> int:
             continue
         if t.name in HEADINGS:
             n += sizes.chars(t) > 0
-        elif _block_heading(t, sizes):
+        elif (hit := _block_heading(t, sizes))[0]:
             n += 1
-            if legal_heading(_WS.sub(" ", t.get_text(" ")).strip()):
-                nx = _title_line_after(t, sizes)
-                if nx is not None:
-                    merged.update((id(nx[0]), id(nx[1])))
-            else:
-                merged.update(id(x) for x in _same_class_lines(t, sizes))
+            for outer, inner in _merged_lines(t, sizes, hit[1]):
+                merged.update((id(outer), id(inner)))
         elif (t.name in ("p", "div") and sizes.chars(t) and not sizes.has_blocks(t)
               and split_article_label(_lead_text(t))):
             n += 1
@@ -976,15 +976,13 @@ class _Converter:
     # -- legal structure ------------------------------------------------------------------------
     def _legal(self, n: Tag, depth: int) -> bool:
         """Emit ``n`` as a heading (or as an article heading + its text); False if it is neither."""
-        level = _block_heading(n, self.sizes)
+        level, legal = _block_heading(n, self.sizes)
         if level:
             start = len(self.out)
             self._wrap(f"h{level}", n, depth, inline_only=True)
-            if len(self.out) > start and legal_heading(_WS.sub(" ", n.get_text(" ")).strip()):
-                self._merge_title_line(n, depth)
-            elif len(self.out) > start:
-                for line in _same_class_lines(n, self.sizes):
-                    self._merge_line(line, depth, line)
+            if len(self.out) > start:
+                for outer, inner in _merged_lines(n, self.sizes, legal):
+                    self._merge_line(outer, depth, inner)
             return True
         if n.name not in ("p", "div") or self.sizes.has_blocks(n):
             return False
@@ -1001,15 +999,6 @@ class _Converter:
         self._wrap("p", n, depth, inline_only=True)
         self._strip = None
         return True
-
-    def _merge_title_line(self, n: Tag, depth: int) -> None:
-        """"Article 12" + "Record-keeping", "CHAPTER III" + "HIGH-RISK AI SYSTEMS": the short
-        title line right after a legal heading goes into the same heading."""
-        found = _title_line_after(n, self.sizes)
-        if found is None:
-            return
-        outer, nx = found
-        self._merge_line(outer, depth, nx)
 
     def _merge_line(self, outer: Tag, depth: int, inner: Tag) -> None:
         """Append ``inner``'s text as a new line of the heading just emitted; skip ``outer`` later."""

@@ -29,7 +29,7 @@ from policytune.core.imports import source_fingerprint
 from policytune.core.params import to_dict
 from policytune.core.progress import Progress, get_logger
 from policytune.core.isolate import Outcome, default_workers, map_with_budget
-from policytune.corpus.html import RenderConfig, TooComplex, decode_saved_page, extract_main, nonspace_chars
+from policytune.corpus.html import RenderConfig, TooComplex, extract_main, nonspace_chars
 from policytune.corpus.pdf import Fonts, TooLong, render_pdf
 
 STAGE_MODULE = "stages.render"   # its import closure is the code behind every PDF
@@ -192,7 +192,7 @@ def render_one(job: tuple[bytes, str, RenderConfig, Fonts]) -> dict:
     data, url, cfg, fonts = job
     t0 = time.monotonic()
     try:
-        content = extract_main(decode_saved_page(data), url, cfg)
+        content = extract_main(data, url, cfg)
     except TooComplex as e:
         return {"status": "rejected", "error": "too_complex", "detail": str(e)}
     fields = {"title": content.title, "chars": content.chars, "root": content.root,
