@@ -47,6 +47,7 @@ from policytune.core.progress import get_logger
 from policytune.core.records import read_jsonl
 from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT, template_sha
 from policytune.lm import embedding
+from policytune.lm.retrieval import METHODS, ChunkIndex
 from policytune.lm.engine import Engine, Reply, check_sampling
 from policytune.lm.generation import stop_token_ids
 
@@ -71,16 +72,18 @@ def missing(what: str, path: Path) -> ChatbotError:
                         "artifacts with `dvc pull`), or point the matching --*-dir flag elsewhere.")
 
 
-def defaults_from_params(path: Optional[str] = None) -> tuple[str, int]:
-    """(system prompt, RAG top-k) from params.yaml: split.system_prompt, evaluate.rag.top_k."""
+def defaults_from_params(path: Optional[str] = None) -> tuple[str, int, str]:
+    """(system prompt, RAG top-k, retrieval method) from params.yaml: split.system_prompt,
+    evaluate.rag.top_k and evaluate.rag.retriever (what the evaluate stage measured)."""
     try:
         params = read_params(path)
     except ParamsError as e:
         log.warning("%s; using the default system prompt", e)
-        return DEFAULT_SYSTEM_PROMPT, 3
+        return DEFAULT_SYSTEM_PROMPT, 3, "hybrid"
     system = (params.get("split") or {}).get("system_prompt") or DEFAULT_SYSTEM_PROMPT
-    top_k = ((params.get("evaluate") or {}).get("rag") or {}).get("top_k") or 3
-    return str(system), int(top_k)
+    rag = (params.get("evaluate") or {}).get("rag") or {}
+    method = rag.get("retriever") if rag.get("retriever") in METHODS else "hybrid"
+    return str(system), int(rag.get("top_k") or 3), method
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,22 +91,27 @@ def defaults_from_params(path: Optional[str] = None) -> tuple[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 class Retriever:
-    """Top-k chunks by encoder cosine; chunk embeddings are computed once, at start-up."""
+    """Top-k chunks by the evaluate stage's retriever (policytune.lm.retrieval.ChunkIndex: hybrid
+    dense + BM25 by default); chunk embeddings and the BM25 index are built once, at start-up."""
 
-    def __init__(self, encoder, chunks: Sequence[dict], top_k: int = 3, max_chars: int = 1500):
+    def __init__(self, encoder, chunks: Sequence[dict], top_k: int = 3, max_chars: int = 1500,
+                 method: str = "hybrid"):
         if not chunks:
             raise ChatbotError("the chunks file has no chunks to retrieve from; run `dvc repro extract`")
         self.encoder, self.chunks = encoder, list(chunks)
         self.top_k, self.max_chars = top_k, max_chars
         self._lock = threading.Lock()  # one tokenizer + model, called from many request threads
-        self.embeddings = embedding.encode(encoder, [c["text"] for c in self.chunks], batch_size=64)
+        self.index = ChunkIndex(self.chunks, self._embed, method)
+
+    def _embed(self, texts: Sequence[str]):
+        with self._lock:
+            return embedding.encode(self.encoder, texts, batch_size=64)
 
     def search(self, question: str) -> list[dict]:
-        """The top-k chunks as sources: chunk_id, title, url, score, text (cut to max_chars)."""
-        with self._lock:
-            q = embedding.encode(self.encoder, [question])[0]
-        sims = self.embeddings @ q  # the cosines top_k ranks by (the same matrix-vector product)
-        order = embedding.top_k(q, self.embeddings, self.top_k)[0]  # ties: the earlier chunk first
+        """The top-k chunks as sources: chunk_id, title, url, score (encoder cosine), text (cut to
+        max_chars)."""
+        sims = self.index.cosines([question])[0]
+        order = self.index.search([question], self.top_k)[0]  # ties: the earlier chunk first
         return [{"chunk_id": self.chunks[i].get("chunk_id"),
                  "title": self.chunks[i].get("title") or self.chunks[i].get("url") or "",
                  "url": self.chunks[i].get("url") or "",
@@ -145,7 +153,7 @@ class Chatbot:
     def load(cls, model_dir: str | Path = MODEL_DIR, adapter_dir: str | Path | None = ADAPTER_DIR, *,
              system_prompt: str = DEFAULT_SYSTEM_PROMPT, encoder_dir: str | Path | None = None,
              chunks_path: str | Path | None = None, top_k: int = 3, max_chars: int = 1500,
-             dtype: str = "auto", context_tokens: Optional[int] = None, max_batch: int = 8,
+             retriever_method: str = "hybrid", dtype: str = "auto", context_tokens: Optional[int] = None, max_batch: int = 8,
              max_waiting: int = 16) -> "Chatbot":
         """Load the base model (+ adapter, unless ``adapter_dir`` is None) and, when
         ``encoder_dir`` and ``chunks_path`` are given, the retriever; start the engine."""
@@ -186,7 +194,8 @@ class Chatbot:
         if encoder_dir is not None:
             from policytune.lm.loading import load_encoder
 
-            retriever = Retriever(load_encoder(encoder_dir), read_jsonl(chunks_path), top_k, max_chars)
+            retriever = Retriever(load_encoder(encoder_dir), read_jsonl(chunks_path), top_k, max_chars,
+                                  retriever_method)
             info.update(encoder_dir=str(encoder_dir), chunks=str(chunks_path), chunk_count=len(retriever.chunks))
         limit = context_tokens or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         engine = Engine(model, tokenizer, stop_token_ids(model, tokenizer), max_batch=max_batch,
@@ -406,14 +415,14 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
     if args.max_new_tokens < 1 or (args.top_k is not None and args.top_k < 1) or not 0 <= args.temperature <= 2:
         ap.error("--max-new-tokens and --top-k must be >= 1, --temperature from 0 to 2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    system_prompt, top_k = defaults_from_params(args.params)
+    system_prompt, top_k, method = defaults_from_params(args.params)
     finetuned, rag, why = resolve_variant(args.variant, args.base, args.rag)
     args.base, args.rag = not finetuned, rag
     try:
         bot = Chatbot.load(args.model_dir, None if args.base else args.adapter_dir, system_prompt=system_prompt,
                            encoder_dir=args.encoder_dir if args.rag else None,
                            chunks_path=args.chunks if args.rag else None, top_k=args.top_k or top_k,
-                           dtype=args.dtype, context_tokens=args.context_tokens, max_batch=1, max_waiting=1)
+                           retriever_method=method, dtype=args.dtype, context_tokens=args.context_tokens, max_batch=1, max_waiting=1)
     except ChatbotError as e:
         raise SystemExit(f"chat: {e}") from None
     if sys.stdin.isatty():

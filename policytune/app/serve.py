@@ -718,13 +718,14 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> None:
         ap.error("--max-batch, --max-waiting, --max-tokens-limit, --max-body-bytes, --max-new-tokens, "
                  "--max-messages and --backlog must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    system_prompt, top_k = defaults_from_params(args.params)
+    system_prompt, top_k, method = defaults_from_params(args.params)
     best_ft, best_rag, why = resolve_variant("best")
     rag = not args.no_rag and Path(args.encoder_dir).is_dir() and Path(args.chunks).is_file()
     try:
         bot = Chatbot.load(args.model_dir, None if args.base else args.adapter_dir, system_prompt=system_prompt,
                            encoder_dir=args.encoder_dir if rag else None, chunks_path=args.chunks if rag else None,
-                           top_k=args.top_k or top_k, dtype=args.dtype, context_tokens=args.context_tokens,
+                           top_k=args.top_k or top_k, retriever_method=method, dtype=args.dtype,
+                           context_tokens=args.context_tokens,
                            max_batch=args.max_batch, max_waiting=args.max_waiting)
     except ChatbotError as e:
         raise SystemExit(f"serve: {e}") from None

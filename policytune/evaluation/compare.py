@@ -79,13 +79,13 @@ def coverage(gold: Sequence[Optional[str]], train_rows: Optional[Sequence[dict]]
 
 def retrieve_contexts(rows: Sequence[dict], chunks: Sequence[dict], scorer: Scorer, cfg: EvaluateConfig,
                       gold: Sequence[Optional[str]]) -> tuple[list[list[str]], list[list[str]], dict]:
-    """(contexts, retrieved chunk ids, rag stats) of every row: the encoder's top-k chunks;
+    """(contexts, retrieved chunk ids, rag stats) of every row: the retriever's top-k chunks;
     recall@k: the share of questions with a known source chunk that find it in their top k."""
-    idx = retrieve([r["question"] for r in rows], chunks, scorer.encoder, cfg.rag.top_k)
+    idx = retrieve([r["question"] for r in rows], chunks, scorer.encoder, cfg.rag.top_k, cfg.rag.retriever)
     contexts = [[chunks[j]["text"][:cfg.rag.max_chars] for j in ix] for ix in idx]
     retrieved = [[chunks[j].get("chunk_id") for j in ix] for ix in idx]
     pairs = [(g, ret) for g, ret in zip(gold, retrieved) if g]
-    rag = {"top_k": cfg.rag.top_k, "questions_with_gold_chunk": len(pairs),
+    rag = {"top_k": cfg.rag.top_k, "retriever": cfg.rag.retriever, "questions_with_gold_chunk": len(pairs),
            "recall_at_k": (sum(g in ret for g, ret in pairs) / len(pairs)) if pairs else None}
     return contexts, retrieved, rag
 

@@ -35,7 +35,10 @@ def best_variant(flat: dict, metric: str = "fact_recall", tiebreak: str = "berts
 @dataclass
 class RagConfig:
     enabled: bool = field(default=True, metadata={"help": "also evaluate base_rag and finetuned_rag"})
-    top_k: PositiveInt = field(default=3, metadata={"help": "chunks retrieved (encoder cosine) into the prompt"})
+    top_k: PositiveInt = field(default=3, metadata={"help": "chunks retrieved into the prompt"})
+    retriever: Literal["hybrid", "dense"] = field(default="hybrid", metadata={
+        "help": "hybrid: encoder cosine and BM25 fused by reciprocal rank; dense: encoder cosine only "
+                "(both over title + heading + text; policytune/lm/retrieval.py)"})
     max_chars: PositiveInt = field(default=1500, metadata={"help": "each retrieved chunk is cut to this many characters"})
 
 

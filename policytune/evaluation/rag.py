@@ -1,5 +1,6 @@
-"""Retrieval-augmented prompts: the top-k chunks by encoder cosine, put before the question
-(the prompt layout is :func:`policytune.lm.chat_format.rag_question`, shared with RAFT training).
+"""Retrieval-augmented prompts: the top-k chunks (:class:`policytune.lm.retrieval.ChunkIndex`,
+hybrid dense + BM25 by default), put before the question (the prompt layout is
+:func:`policytune.lm.chat_format.rag_question`, shared with RAFT training and the chatbot).
 
 The excerpts are page text, so they go into the prompt as DATA between <excerpt> and
 </excerpt> tags (the way generate_qa's teacher prompt fences its chunk): anything inside an
@@ -13,13 +14,14 @@ from typing import Sequence
 
 from policytune.evaluation.config import EvaluateError
 from policytune.lm.chat_format import RAG_INSTRUCTION, excerpt_as_data, rag_question  # noqa: F401 (the shared layout)
-from policytune.lm.embedding import encode, top_k as _top_k
+from policytune.lm.embedding import encode
+from policytune.lm.retrieval import ChunkIndex
 
 
-def retrieve(questions: Sequence[str], chunks: Sequence[dict], encoder, top_k: int) -> list[list[int]]:
-    """Indices of the top-k chunks per question by encoder cosine (ties: earlier chunk first)."""
+def retrieve(questions: Sequence[str], chunks: Sequence[dict], encoder, top_k: int,
+             method: str = "hybrid") -> list[list[int]]:
+    """Indices of the top-k chunks per question, best first (ties: earlier chunk first)."""
     if not chunks:
         raise EvaluateError("RAG is enabled but data/chunks.jsonl has no chunks")
-    q = encode(encoder, questions)
-    c = encode(encoder, [ch["text"] for ch in chunks], batch_size=64)
-    return _top_k(q, c, top_k)
+    index = ChunkIndex(chunks, lambda texts: encode(encoder, texts, batch_size=64), method)
+    return index.search(questions, top_k)

@@ -63,7 +63,7 @@ def test_chat_streams_the_fine_tuned_answer_and_keeps_history(tiny, adapter):
     assert len(got) == 2 and all(a.strip() for a in got), p.stdout
     assert "(answer cut at --max-new-tokens 8)" in p.stdout
     # The same answer the evaluate stage gives: params.yaml's system prompt, the chat template, greedy.
-    system_prompt, _ = defaults_from_params(str(REPO / "params.yaml"))
+    system_prompt, _, _ = defaults_from_params(str(REPO / "params.yaml"))
     tok = load_tok(tiny)
     from peft import PeftModel
 
