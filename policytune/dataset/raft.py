@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Callable, Literal, Sequence
 
 from policytune.core.params import NonNegInt, PositiveInt, Range
-from policytune.evaluation.facts import extract_facts, fact_scores
-from policytune.evaluation.metrics import token_f1
+from policytune.core.facts import extract_facts, fact_scores
 from policytune.lm.chat_format import DEFAULT_SYSTEM_PROMPT, rag_question, to_messages, with_source
 from policytune.lm.retrieval import ChunkIndex
 
@@ -74,6 +73,7 @@ def _rng(seed: int, key: str) -> random.Random:
 
 
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?;])\s+(?=\S)")
+_WORD_RE = re.compile(r"\w{3,}")
 MAX_QUOTE_SENTENCE = 400
 
 
@@ -82,18 +82,24 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for line in str(text).splitlines() for s in _SENTENCE_END_RE.split(line) if len(s.strip()) >= 3]
 
 
-def supporting_quote(answer: str, chunk_text: str, max_sentences: int = 2, min_overlap: float = 0.2) -> str | None:
+def _word_share(sentence: str, answer_words: set[str]) -> float:
+    """Share of the answer's words (3+ letters, lower-cased) that the sentence contains."""
+    return len(answer_words & set(_WORD_RE.findall(sentence.lower()))) / len(answer_words) if answer_words else 0.0
+
+
+def supporting_quote(answer: str, chunk_text: str, max_sentences: int = 2, min_overlap: float = 0.5) -> str | None:
     """The chunk sentence(s) that state the answer's key facts (amounts, deadlines, forms, roles:
-    :mod:`policytune.evaluation.facts`), in chunk order: the best one by (facts stated, token F1),
-    then one more if it states facts the first does not. None when no sentence states a fact of
-    the answer and none shares ``min_overlap`` token F1 with it (the answer is not in the chunk)."""
+    :mod:`policytune.core.facts`), in chunk order: the best one by (facts stated, share of the
+    answer's words), then one more if it states facts the first does not. None when no sentence
+    states a fact of the answer and none holds ``min_overlap`` of its words (not in the chunk)."""
     facts = [f.text for f in extract_facts(answer)]
+    words = set(_WORD_RE.findall(answer.lower()))
     cands = []
     for i, s in enumerate(sentences(chunk_text)):
         if len(s) > MAX_QUOTE_SENTENCE:
             continue
         missing = set(fact_scores(s, answer)["missing"]) if facts else set()
-        cands.append((i, s, {f for f in facts if f not in missing}, token_f1(s, answer)))
+        cands.append((i, s, {f for f in facts if f not in missing}, _word_share(s, words)))
     if not cands:
         return None
     best = max(cands, key=lambda c: (len(c[2]), c[3], -c[0]))
