@@ -38,7 +38,7 @@ Metrics per (question, model):
 - fact_recall / all_facts / contradiction: the reference's key facts (amounts, durations,
   dates, percentages, form and article ids, roles) that the answer states, whether it states
   all, and whether it states another value for a slot the reference fills
-  (policytune.core.facts);
+  (policytune.evaluation.facts);
 - looping: the answer repeats a 4-gram 4+ times or hit max_new_tokens;
 - BERTScore P/R/F1 (bert-score, the local encoder path as ``model_type``, no baseline rescale;
   bert-score has no tuned layer for all-MiniLM-L6-v2 and uses layer 5 for every 6-layer model in

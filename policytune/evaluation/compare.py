@@ -16,7 +16,7 @@ from policytune.core.records import write_json, write_jsonl
 from policytune.evaluation import metrics as M
 from policytune.evaluation.answers import answer_all
 from policytune.evaluation.config import COMPARISONS, METRICS, EvaluateConfig, EvaluateError, best_variant
-from policytune.core.facts import fact_scores
+from policytune.evaluation.facts import fact_scores
 from policytune.evaluation.general import accept_score
 from policytune.evaluation.rag import retrieve
 from policytune.evaluation.scoring import Scorer, score_answers

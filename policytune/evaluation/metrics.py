@@ -35,7 +35,7 @@ DIRECTION: dict[str, int] = {
     "token_f1": 1, "rouge_l": 1, "bleu": 1,
     "ref_ppl": -1, "ref_nll": -1,
     "answer_len": 0,
-    # fact-level correctness (policytune.core.facts) and degeneration
+    # fact-level correctness (policytune.evaluation.facts) and degeneration
     "fact_recall": 1, "all_facts": 1, "contradiction": -1, "looping": -1,
     # LLM-judge metrics (judge stage), scores in 0..1
     "correctness": 1, "helpfulness": 1, "coherence": 1, "consistency": 1,

@@ -8,7 +8,7 @@ reference answer's perplexity under the answering model (:func:`reference_nll`).
 - ref_nll / ref_ppl: mean negative log-likelihood (and its exp) of the reference answer's
   assistant tokens (answer + end-of-turn marker) given the same prompt;
 - fact_recall / all_facts / contradiction: the reference's key facts the answer states
-  (:mod:`policytune.core.facts`; null when the reference states no key fact);
+  (:mod:`policytune.evaluation.facts`; null when the reference states no key fact);
 - looping: 1 when the answer repeats a 4-gram 4+ times or hit max_new_tokens
   (:func:`policytune.evaluation.metrics.looping`).
 """
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from policytune.evaluation import metrics as M
 from policytune.evaluation.config import EvaluateError
-from policytune.core.facts import fact_scores
+from policytune.evaluation.facts import fact_scores
 from policytune.lm.generation import left_pad
 
 

@@ -10,9 +10,9 @@ import re
 import numpy as np
 import pytest
 
-from policytune.dataset.raft import RaftConfig, build_rows, choose_contexts, sentences, supporting_quote
+from policytune.dataset.raft import RaftConfig, build_rows, choose_contexts
 from policytune.evaluation.answers import build_prompts
-from policytune.lm.chat_format import rag_question, to_messages, with_source
+from policytune.lm.chat_format import rag_question, to_messages
 
 WORDS = re.compile(r"\w+")
 
@@ -60,53 +60,9 @@ def test_oracle_share_is_as_configured_and_gold_placement_is_right(share):
         assert len(ctx) == 3 and len(set(ctx)) == 3
         assert (gold in ctx) == r["raft"]["oracle"]
         assert r["raft"]["gold_slot"] == (ctx.index(gold) if gold in ctx else None)
-        parent_answer = next(x["answer"] for x in rows if x["qa_id"] == r["raft"]["parent_qa_id"])
-        quote = r["raft"]["quote"]
-        assert r["messages"][-1] == {"role": "assistant", "content": with_source(parent_answer, quote)}
-        if not r["raft"]["oracle"]:
-            assert quote is None  # no gold excerpt to quote
-        elif quote is not None:
-            assert quote in next(c["text"] for c in CHUNKS if c["chunk_id"] == gold)
+        assert r["messages"][-1] == {"role": "assistant", "content": next(x["answer"] for x in rows
+                                                                          if x["qa_id"] == r["raft"]["parent_qa_id"])}
         assert r["messages"][0] == {"role": "system", "content": "SYS"}  # the row's own system message
-    assert counts["quoted"] + counts["no_quote"] == counts["oracle_rows"]
-
-
-def test_no_quote_param_keeps_the_answer_unchanged():
-    rows = _rows(30)
-    out, counts = build_rows(rows, CHUNKS, bow_embed, RaftConfig(quote=False, oracle_share=1.0))
-    answers = {r["qa_id"]: r["answer"] for r in rows}
-    for r in (x for x in out if x.get("raft")):
-        assert r["messages"][-1]["content"] == answers[r["raft"]["parent_qa_id"]] and r["raft"]["quote"] is None
-    assert counts["quoted"] == 0
-
-
-TABLE = ("Meals and hotels by city\nCity | Hotel cap per night | Daily meal allowance\nLyon | 145 EUR | 48 EUR\n"
-         "Geneva | 210 EUR | 75 EUR\nMeal allowances are reduced by 30% for each meal the host provides. "
-         "Receipts are kept for 10 years.")
-
-
-@pytest.mark.parametrize("answer, quote", [
-    # the table row that states the answer's amount, not its neighbours
-    ("The hotel cap in Lyon is 145 EUR a night.", "Lyon | 145 EUR | 48 EUR"),
-    # two facts in two places: both sentences, in chunk order, with an ellipsis for the gap
-    ("Geneva: 75 EUR per day, reduced by 30% for each meal provided.",
-     "Geneva | 210 EUR | 75 EUR Meal allowances are reduced by 30% for each meal the host provides."),
-    ("Receipts must be kept for ten years.", "Receipts are kept for 10 years."),  # "ten" = "10"
-    ("Lyon's meal allowance is 48 EUR; receipts are kept for 10 years.",
-     "Lyon | 145 EUR | 48 EUR \u2026 Receipts are kept for 10 years."),
-    ("The sky is blue.", None),  # nothing in the chunk states it: no quote
-])
-def test_supporting_quote_picks_the_sentences_that_state_the_facts(answer, quote):
-    assert supporting_quote(answer, TABLE) == quote
-
-
-def test_supporting_quote_edge_cases():
-    assert supporting_quote("Anything", "") is None
-    assert sentences("A. B is long enough. Third one!\nRow | 1 | 2") == ["B is long enough.", "Third one!", "Row | 1 | 2"]
-    long = "Word " * 200 + "costs 5 EUR."
-    assert supporting_quote("It costs 5 EUR.", long) is None  # a 1000-character 'sentence' is not quoted
-    assert with_source("An answer.", None) == "An answer."
-    assert with_source("An answer.", "The rule.") == 'An answer.\nSource: "The rule."'
 
 
 def test_closed_book_rows_kept_and_augmented_copies_skipped():

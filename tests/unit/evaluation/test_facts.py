@@ -1,4 +1,4 @@
-"""Fact-level correctness (policytune.core.facts) on hand-made pairs with known outcomes.
+"""Fact-level correctness (policytune.evaluation.facts) on hand-made pairs with known outcomes.
 
 Each normalisation equivalence the module documents is one parametrised case; contradictions,
 the leniencies of matching, the facts that must *not* be read (list markers, years inside
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policytune.core import facts as F
-from policytune.core.facts import Fact, extract_facts, fact_scores
+from policytune.evaluation import facts as F
+from policytune.evaluation.facts import Fact, extract_facts, fact_scores
 from tests.helpers.repo import REPO
 
 FAQ = REPO / "data" / "sample_faq.jsonl"
