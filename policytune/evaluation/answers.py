@@ -16,7 +16,7 @@ from policytune.core.progress import Progress, get_logger
 from policytune.evaluation.config import EvaluateConfig
 from policytune.evaluation.scoring import reference_nll
 from policytune.lm.chat_format import rag_question, to_messages
-from policytune.lm.generation import decode_greedy, left_pad, render_prompts, split_stop, stop_token_ids
+from policytune.lm.generation import generate_continuous, left_pad, render_prompts, stop_token_ids
 
 log = get_logger("evaluate")
 
@@ -86,23 +86,6 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], gen: dict, batch_s
         if progress:
             progress.update(len(batch))
     return out  # type: ignore[return-value]
-
-
-def generate_continuous(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int,
-                        progress: Optional[Progress] = None, refill_at: Optional[int] = None) -> list[dict]:
-    """Greedy decoding with continuous batching (policytune.lm.generation.decode_greedy: finished
-    answers leave the batch, waiting questions join, a shared prompt prefix is prefilled once);
-    same result contract as :func:`generate`."""
-    ids = render_prompts(tokenizer, prompts)
-    stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    done = (lambda i, t: progress.update(1)) if progress else None
-    out = []
-    for toks in decode_greedy(model, ids, stops, pad, max_new_tokens, batch_size, refill_at=refill_at, on_done=done):
-        body, n_tokens, finish = split_stop(toks, stops)
-        out.append({"answer": tokenizer.decode(body, skip_special_tokens=True).strip(),
-                    "n_tokens": n_tokens, "finish": finish})
-    return out
 
 
 def answer_all(lm, tokenizer, name: str, rows: Sequence[dict], cfg: EvaluateConfig,

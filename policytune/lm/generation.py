@@ -312,3 +312,21 @@ def split_stop(tokens: Sequence[int], stops: set[int] | Sequence[int]) -> tuple[
     if cut is None:
         return list(tokens), len(tokens), "length"
     return list(tokens[:cut]), cut + 1, "eos"
+
+
+def generate_continuous(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int,
+                        progress=None, refill_at: Optional[int] = None) -> list[dict]:
+    """Chat prompts -> [{answer, n_tokens, finish}] in prompt order, greedy, with continuous
+    batching (:func:`decode_greedy`: finished answers leave the batch, waiting questions join, a
+    shared prompt prefix is prefilled once). ``progress``: anything with ``update(n)``. Used by the
+    evaluate stage and the raft stage's self-distilled answers."""
+    ids = render_prompts(tokenizer, prompts)
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    done = (lambda i, t: progress.update(1)) if progress else None
+    out = []
+    for toks in decode_greedy(model, ids, stops, pad, max_new_tokens, batch_size, refill_at=refill_at, on_done=done):
+        body, n_tokens, finish = split_stop(toks, stops)
+        out.append({"answer": tokenizer.decode(body, skip_special_tokens=True).strip(),
+                    "n_tokens": n_tokens, "finish": finish})
+    return out

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from policytune.dataset.raft import RaftConfig, build_rows, choose_contexts
+from policytune.dataset.raft import RaftConfig, build_rows, choose_contexts, self_distill
 from policytune.evaluation.answers import build_prompts
 from policytune.lm.chat_format import rag_question, to_messages
 
@@ -108,3 +108,67 @@ def test_choose_contexts():
     ctx = choose_contexts([4, 2, 7, 1], gold=9, k=3, oracle=True, rng=rng)
     assert sorted(ctx) == [2, 4, 9] and len(ctx) == 3  # replaces the weakest distractor
     assert choose_contexts([4, 2, 7, 1], gold=2, k=3, oracle=False, rng=rng) == [4, 7, 1]
+
+
+def _accept_if_same_number(mine, teacher):
+    nums = re.findall(r"\d+", teacher)
+    return bool(nums) and all(n in mine for n in nums)
+
+
+def test_self_distill_takes_the_students_answer_only_where_accepted():
+    rows = _rows(40)
+    for i, r in enumerate(rows):
+        r["messages"][-1]["content"] = r["answer"] = f"Limit {i} EUR."
+    out, _ = build_rows(rows, CHUNKS, bow_embed, RaftConfig(oracle_share=0.7))
+    prompts_seen = []
+
+    def answer(prompts):
+        prompts_seen.extend(prompts)
+        res = []
+        for k, p in enumerate(prompts):
+            n = re.search(r"Answer (\d+)", p[-1]["content"])  # not in the prompt: answers vary by position
+            if k % 3 == 0:
+                res.append({"answer": "The policy sets no limit.", "finish": "eos"})  # wrong: rejected
+            elif k % 3 == 1:
+                res.append({"answer": "", "finish": "length"})  # truncated: never taken
+            else:
+                res.append({"answer": None, "finish": "eos", "k": k, "n": n})
+        return res
+
+    oracle_idx = [i for i, r in enumerate(out) if (r.get("raft") or {}).get("oracle")]
+    teacher = {i: out[i]["messages"][-1]["content"] for i in oracle_idx}
+
+    def answer_right(prompts):
+        base = answer(prompts)
+        for k, o in enumerate(base):
+            if o["answer"] is None:
+                o["answer"] = "You may spend up to " + re.findall(r"\d+", teacher[oracle_idx[k]])[0] + " EUR."
+        return base
+
+    new, counts = self_distill(out, answer_right, _accept_if_same_number)
+    assert len(prompts_seen) == len(oracle_idx)
+    assert all(p[-1]["role"] == "user" for p in prompts_seen)  # the prompt without the assistant turn
+    assert counts["self_answers"] + counts["teacher_answers"] == len(oracle_idx)
+    assert counts["self_answers"] == sum(1 for k in range(len(oracle_idx)) if k % 3 == 2)
+    assert counts["self_truncated"] == sum(1 for k in range(len(oracle_idx)) if k % 3 == 1)
+    for k, i in enumerate(oracle_idx):
+        r = new[i]
+        assert r["messages"][:-1] == out[i]["messages"][:-1]
+        if k % 3 == 2:
+            assert r["raft"]["answer_source"] == "self" and r["raft"]["teacher_answer"] == teacher[i]
+            assert r["messages"][-1]["content"].startswith("You may spend up to")
+        else:
+            assert r["raft"]["answer_source"] == "teacher" and r["messages"][-1]["content"] == teacher[i]
+    # closed-book and distractor-only rows are untouched
+    assert [new[i] for i in range(len(out)) if i not in oracle_idx] == [out[i] for i in range(len(out)) if i not in oracle_idx]
+
+
+def test_self_distill_edge_cases():
+    rows = _rows(5)
+    out, _ = build_rows(rows, CHUNKS, bow_embed, RaftConfig(oracle_share=0.0))
+    called = []
+    same, counts = self_distill(out, lambda p: called.append(p) or [], _accept_if_same_number)
+    assert same == out and not called and counts["self_answers"] == 0  # no oracle row: the student is not asked
+    out, _ = build_rows(rows, CHUNKS, bow_embed, RaftConfig(oracle_share=1.0))
+    with pytest.raises(ValueError, match="answers to"):
+        self_distill(out, lambda p: [], _accept_if_same_number)

@@ -99,6 +99,7 @@ def test_continuous_batching_matches_one_at_a_time(base_lm, tok, monkeypatch):
     extra = {next(t for t in seq if counts[t] == 1) for seq in raw if any(counts[t] == 1 for t in seq)}
     orig = A.stop_token_ids
     monkeypatch.setattr(A, "stop_token_ids", lambda m, t: orig(m, t) + sorted(extra))
+    monkeypatch.setattr(G, "stop_token_ids", lambda m, t: orig(m, t) + sorted(extra))  # generate_continuous
     single = [generate(base_lm, tok, [p], gen, batch_size=1)[0] for p in prompts]
     assert len({s["n_tokens"] for s in single}) >= 2 and any(s["finish"] == "eos" for s in single)
     pads = []
