@@ -18,14 +18,14 @@ For each train (and val) row that has a source chunk:
   (RAFT's (1 - P) share, which keeps closed-book recall alive);
 - the answer is the row's reference answer, unchanged; the system message is the row's own.
 
-With ``answers: self`` (the default) an oracle row's answer is the base student's own greedy
+With ``answers: self`` an oracle row's answer is the base student's own greedy
 answer to that row's prompt, when it states every key fact of the teacher's answer (amounts,
 deadlines, forms, roles) and ends on its own; otherwise the teacher's answer stays
-(:func:`self_distill`, counted). Training on the student's own correct answers (self-distillation,
-Yang et al. 2024, arXiv:2402.13669; rejection-sampling fine-tuning) keeps its style: on the sample
-FAQ, teacher-written RAFT targets (one terse sentence each) made the fine-tuned student's
-answers shorter than the base model's and lose facts (fine-tuned + RAG 0.372 vs base + RAG 0.533
-fact recall), and cost general skills (-0.125).
+(:func:`self_distill`, counted): self-distillation (Yang et al. 2024, arXiv:2402.13669), meant to
+keep the student's own style where the teacher's one-sentence targets made the fine-tuned
+student terser than the base model. Measured on the sample FAQ it did not help (46 of 106
+oracle rows took the student's answer; fine-tuned + RAG minus base + RAG -0.214 fact recall,
+against -0.161 with the teacher's answers), so the default is ``teacher``.
 
 With ``closed_book`` the original closed-book row is kept beside its RAFT row, so the model also
 learns to answer without excerpts. Rows without a source chunk (or whose chunk is not in
@@ -61,7 +61,7 @@ class RaftConfig:
         "help": "keep each closed-book row beside its RAFT row"})
     augmented_rows: bool = field(default=False, metadata={
         "help": "also build RAFT rows from augmented copies (more prompt tokens per epoch)"})
-    answers: Literal["self", "teacher"] = field(default="self", metadata={
+    answers: Literal["self", "teacher"] = field(default="teacher", metadata={
         "help": "self: an oracle row's answer is the base student's own answer to its prompt when that states "
                 "every key fact of the teacher's answer (else the teacher's); teacher: always the teacher's"})
     self_max_new_tokens: PositiveInt = field(default=128, metadata={
