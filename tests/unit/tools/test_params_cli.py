@@ -25,7 +25,7 @@ def test_all_sections_with_defaults_filled_in(capsys):
     assert eff["train"]["lora"]["r"] == given["train"]["lora"]["r"]
     assert "warmup_steps" not in given["train"] and eff["train"]["warmup_steps"] == 0  # a default
     assert "top_p" not in given["evaluate"] and eff["evaluate"]["top_p"] == 0.9
-    assert eff["evaluate"]["rag"] == {"enabled": True, "top_k": 3, "max_chars": 1500}  # nested merged
+    assert eff["evaluate"]["rag"] == {"enabled": True, "top_k": 3, "retriever": "hybrid", "max_chars": 1500}  # nested merged
 
 
 def test_one_section_and_the_output_reads_back(tmp_path, capsys):
