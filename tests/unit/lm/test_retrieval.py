@@ -5,6 +5,7 @@ input (no chunks, no words, CJK) neither crashes nor reorders silently."""
 from __future__ import annotations
 
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ def letters_embed(texts):
     out = np.zeros((len(texts), 512))
     for i, t in enumerate(texts):
         for w in re.findall(r"[a-z]{4,}", t.lower()):
-            out[i, hash(w) % 512] += 1.0
+            out[i, zlib.crc32(w.encode()) % 512] += 1.0  # stable across processes (hash() is salted)
     n = np.linalg.norm(out, axis=1, keepdims=True)
     return out / np.where(n > 0, n, 1)
 
