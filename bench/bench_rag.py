@@ -67,7 +67,7 @@ def main() -> None:
         out["recall_at_k"][name] = round(rec, 4)
         print(f"| {name} | {rec:.3f} |")
     if a.answers:
-        from policytune.evaluation.answers import generate_continuous
+        from policytune.lm.generation import generate_continuous
         from policytune.lm.adapters import load_lm, load_tok
 
         tok, model = load_tok(a.student), load_lm(a.student, "auto")
@@ -77,9 +77,8 @@ def main() -> None:
             for iname, instr in (("before", OLD_INSTRUCTION), ("now", CF.RAG_INSTRUCTION)):
                 prompts = []
                 for i, q in enumerate(questions):
-                    ctx = "\n\n".join(f'<excerpt id="{n}">\n{CF.excerpt_as_data(chunks[j]["text"][:1500])}\n</excerpt>'
-                                      for n, j in enumerate(rankings[retr][i], 1))
-                    prompts.append(CF.to_messages(f"{instr}\n\n{ctx}\n\nQuestion: {q}", system=CF.DEFAULT_SYSTEM_PROMPT))
+                    ctx = [chunks[j]["text"][:1500] for j in rankings[retr][i]]
+                    prompts.append(CF.to_messages(CF.rag_question(q, ctx, instr), system=CF.DEFAULT_SYSTEM_PROMPT))
                 t0 = time.monotonic()
                 outs = generate_continuous(model, tok, prompts, 128, 32)
                 secs = time.monotonic() - t0

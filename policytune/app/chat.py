@@ -111,7 +111,7 @@ class Retriever:
         """The top-k chunks as sources: chunk_id, title, url, score (encoder cosine), text (cut to
         max_chars)."""
         sims = self.index.cosines([question])[0]
-        order = self.index.search([question], self.top_k)[0]  # ties: the earlier chunk first
+        order = self.index.search([question], self.top_k, cosines=sims[None, :])[0]  # ties: the earlier chunk first
         return [{"chunk_id": self.chunks[i].get("chunk_id"),
                  "title": self.chunks[i].get("title") or self.chunks[i].get("url") or "",
                  "url": self.chunks[i].get("url") or "",

@@ -54,10 +54,11 @@ def excerpt_as_data(text: str) -> str:
     return _EXCERPT_TAG_RE.sub(lambda m: "\u2039" + m.group(1), str(text))
 
 
-def rag_question(question: str, contexts: Sequence[str]) -> str:
-    """The user turn with retrieved excerpts: instruction, fenced excerpts, then the question."""
+def rag_question(question: str, contexts: Sequence[str], instruction: str = RAG_INSTRUCTION) -> str:
+    """The user turn with retrieved excerpts: instruction, fenced excerpts, then the question.
+    ``instruction``: only benchmarks that compare instructions pass another one."""
     ctx = "\n\n".join(f'<excerpt id="{i}">\n{excerpt_as_data(c)}\n</excerpt>' for i, c in enumerate(contexts, 1))
-    return f"{RAG_INSTRUCTION}\n\n{ctx}\n\nQuestion: {question}"
+    return f"{instruction}\n\n{ctx}\n\nQuestion: {question}"
 
 
 def template_sha(tokenizer) -> str:

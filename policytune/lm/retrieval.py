@@ -19,7 +19,7 @@ prompt is the chunk text alone (see :func:`policytune.lm.chat_format.rag_questio
 from __future__ import annotations
 
 import re
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -75,14 +75,18 @@ class ChunkIndex:
         """(questions, chunks) encoder cosines."""
         return np.atleast_2d(np.asarray(self.embed(list(questions)))) @ self.embeddings.T
 
-    def search(self, questions: Sequence[str], k: int) -> list[list[int]]:
-        """Indices of the ``k`` best chunks per question, best first."""
+    def search(self, questions: Sequence[str], k: int, cosines: Optional[np.ndarray] = None) -> list[list[int]]:
+        """Indices of the ``k`` best chunks per question, best first. ``cosines``: the questions'
+        :meth:`cosines` when the caller already has them (the chatbot shows them as scores), so
+        the questions are not encoded twice."""
         if not questions:
             return []
         k = min(k, len(self.chunks))
         if k <= 0:
             return [[] for _ in questions]
-        scores = self.cosines(questions)
+        scores = self.cosines(questions) if cosines is None else np.atleast_2d(cosines)
+        if scores.shape != (len(questions), len(self.chunks)):
+            raise ValueError(f"cosines has shape {scores.shape}, expected {(len(questions), len(self.chunks))}")
         if self.bm25 is not None:
             bm = np.array([self.bm25.get_scores(tokens(q) or ["\x00"]) for q in questions], dtype=float)
             scores = 1.0 / (self.rrf_k + 1 + _ranks(scores)) + 1.0 / (self.rrf_k + 1 + _ranks(bm))

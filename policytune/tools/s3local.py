@@ -238,8 +238,16 @@ class SeaweedFS:
         self.ports = {n: free_port() for n in names}
         # gRPC ports default to http+10000; pick them too so parallel servers never collide.
         grpc = {n: free_port() for n in names + ["s3"]}
+        # weed's glog files, its unix sockets and temp files go under root, not into /tmp, so a
+        # stopped server leaves nothing behind (a socket path must stay under ~108 bytes).
+        (self.root / "logs").mkdir(exist_ok=True)
+        (self.root / "tmp").mkdir(exist_ok=True)
+        sockets = []
+        if len(str((self.root / "filer.sock").resolve())) < 100:
+            sockets = [f"-filer.localSocket={self.root.resolve() / 'filer.sock'}",
+                       f"-s3.localSocket={self.root.resolve() / 's3.sock'}"]
         cmd = [
-            weed_binary(), "mini", f"-dir={self.root / 'data'}",
+            weed_binary(), f"-logdir={self.root / 'logs'}", "mini", f"-dir={self.root / 'data'}", *sockets,
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
             "-admin.ui=false", "-webdav=false", f"-s3.port={self.port}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.root / 's3.json'}",
@@ -251,6 +259,7 @@ class SeaweedFS:
         # WEED_* into config overrides (e.g. the JWT keys): start it without either.
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AWS_", "WEED_")) and k != "S3_BUCKET"}
+        env["TMPDIR"] = str(self.root.resolve() / "tmp")
         log_path = self.root / "weed.log"
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         os.fchmod(log_fd, 0o600)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def bow_embed(texts):
     out = np.zeros((len(texts), 256))
     for i, t in enumerate(texts):
         for w in WORDS.findall(t.lower()):
-            out[i, hash(w) % 256] += 1.0
+            out[i, zlib.crc32(w.encode()) % 256] += 1.0  # stable across processes (hash() is salted)
     n = np.linalg.norm(out, axis=1, keepdims=True)
     return out / np.where(n > 0, n, 1)
 

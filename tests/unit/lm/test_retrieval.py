@@ -80,3 +80,21 @@ def test_no_chunks_and_bad_method():
 def test_tokens_split_cjk_characters():
     assert tokens("第五条 Article 5, HR-17") == ["第", "五", "条", "article", "5", "hr", "17"]
     assert tokens("연차휴가") == ["연", "차", "휴", "가"]
+
+
+def test_search_reuses_given_cosines_without_encoding_again():
+    calls = []
+
+    def counting_embed(texts):
+        calls.append(list(texts))
+        return letters_embed(texts)
+
+    for method in ("dense", "hybrid"):
+        idx = ChunkIndex(CHUNKS, counting_embed, method)
+        calls.clear()
+        q = ["claims form FIN-03"]
+        sims = idx.cosines(q)
+        assert idx.search(q, 2, cosines=sims) == ChunkIndex(CHUNKS, letters_embed, method).search(q, 2)
+        assert calls == [q]  # encoded once, by cosines()
+        with pytest.raises(ValueError, match="shape"):
+            idx.search(q, 2, cosines=sims[:, :2])
