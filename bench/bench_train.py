@@ -4,6 +4,9 @@
 
 (a) naive baseline, as in the reference study's example: HF ``Trainer``, every example padded
     to ``max_length`` (512), fp32, batch of 4, LoRA r=8 on q/v, loss on assistant tokens;
+(c) the tuned baseline a user would write today (:func:`run_tuned`): HF ``Trainer`` in the train
+    stage's dtype, dynamic padding, ``group_by_length`` batches, loss on assistant tokens, the same
+    LoRA (r, modules, top layers) as ours, rows per batch = ``train.batch_tokens`` / mean row;
 (b) the train stage's own loop (:func:`policytune.training.loop.fit`) with the ``train`` defaults of
     :class:`policytune.training.config.TrainConfig` (length-grouped token-budget batches, shared prefix run
     once, logits only at labelled positions, bf16 where native else fp32).
@@ -11,6 +14,10 @@
 Both train on the same rows: data/augment/train.jsonl if it exists, else synthetic policy-like
 QA rows (the sample FAQ plus templated HR/finance/clinical/AI-law questions). Each run trains
 for ``--seconds`` of wall time after a warm-up step; the first step is not timed.
+
+Rows longer than ``--max-length`` (default ``train.max_length``) are dropped; the naive baseline
+trains only on the rows that fit its 512. ``--data data/raft/train.jsonl`` measures on the
+retrieval-augmented rows.
 
 Printed and written to OUT.json: useful tokens/s for each (useful = loss-bearing assistant
 tokens, never padding), their ratio, bf16 and fp32 2048x2048 matmul peaks measured in this
@@ -181,6 +188,66 @@ def run_naive(base_dir: str, examples: list, pad_id: int, seconds: float, max_le
             "padded_tokens_per_s": round(len(timed) * batch_size * max_length / dt, 2)}
 
 
+def run_tuned(base_dir: str, examples: list, pad_id: int, seconds: float, cfg: TrainConfig,
+              dtype: torch.dtype) -> dict:
+    """The strongest plain-HF baseline a user would write: ``Trainer`` with the train stage's
+    dtype (bf16 weights and autocast where native), dynamic padding to the batch's longest row
+    (``DataCollatorForSeq2Seq``: labels padded with -100, so loss only on assistant tokens),
+    length-grouped batches (``train_sampling_strategy="group_by_length"``), and the same LoRA as
+    ours (r, alpha, target modules, top ``layers`` only). Rows per batch: the train stage's
+    token budget over the mean row length."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
+    n_layers = model.config.num_hidden_layers
+    lp = cfg.lora
+    layers = list(range(n_layers - lp.layers, n_layers)) if lp.layers and lp.layers < n_layers else None
+    model = get_peft_model(model, LoraConfig(r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout,
+                                             target_modules=sorted(lp.target_modules), layers_to_transform=layers,
+                                             bias="none", task_type="CAUSAL_LM"))
+    mean_len = sum(len(e.input_ids) for e in examples) / len(examples)
+    batch_size = max(1, int(cfg.batch_tokens // mean_len))
+    data = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
+            for e in examples]
+    tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token_id = pad_id
+    log = []
+
+    class Counting(Trainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            lab = inputs["labels"]
+            log.append({"useful": int((lab[:, 1:] != IGNORE).sum()),
+                        "nonpad": int(inputs["attention_mask"].sum()), "padded": int(lab.numel())})
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            log[-1]["t"] = time.perf_counter()
+            if len(log) >= 3 and log[-1]["t"] - log[0]["t"] >= seconds:
+                control.should_training_stop = True
+
+    bf16 = dtype == torch.bfloat16
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
+            learning_rate=cfg.learning_rate, num_train_epochs=100, max_steps=100_000, save_strategy="no",
+            logging_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(), bf16=bf16, fp16=False, seed=0,
+            train_sampling_strategy="group_by_length", dataloader_num_workers=0, remove_unused_columns=False)
+        Counting(model=model, args=args, train_dataset=data, callbacks=[Clock()],
+                 data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=IGNORE)).train()
+    timed = log[1:]  # the first step is warm-up
+    dt = timed[-1]["t"] - log[0]["t"]
+    return {"steps_timed": len(timed), "seconds": round(dt, 2), "batch_size": batch_size,
+            "dtype": str(dtype).removeprefix("torch."),
+            "useful_tokens_per_s": round(sum(r["useful"] for r in timed) / dt, 2),
+            "nonpad_tokens_per_s": round(sum(r["nonpad"] for r in timed) / dt, 2),
+            "padded_tokens_per_s": round(sum(r["padded"] for r in timed) / dt, 2)}
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) the train stage's loop
 # ---------------------------------------------------------------------------------------------
@@ -218,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-tokens", type=int, default=None, help="override train.batch_tokens")
     ap.add_argument("--compile", action="store_true", help="torch.compile our decoder layers")
     ap.add_argument("--no-share-prefix", action="store_true")
-    ap.add_argument("--skip-naive", action="store_true", help="only run ours (for sweeps)")
+    ap.add_argument("--skip-naive", action="store_true", help="skip the study's naive baseline")
+    ap.add_argument("--skip-tuned", action="store_true", help="skip the tuned Trainer baseline")
+    ap.add_argument("--max-length", type=int, default=None, help="rows longer are dropped "
+                    "(default train.max_length; the naive baseline pads to 512 and drops longer rows itself)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--peak-seconds", type=float, default=3.0, help="time per matmul peak measurement")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     result: dict = {"machine": {
@@ -238,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, source = read_jsonl(args.data)[: args.rows], args.data
     else:
         rows, source = synthetic_rows(args.rows), "synthetic (sample FAQ + templated policy QA)"
-    examples, _ = encode_rows(tokenizer, rows, 512, "drop", "bench")
+    examples, _ = encode_rows(tokenizer, rows, args.max_length or cfg.max_length, "drop", "bench")
     lengths = [len(e.input_ids) for e in examples]
     result["data"] = {"source": source, "rows": len(examples),
                       "mean_tokens": round(sum(lengths) / len(lengths), 1),
@@ -250,21 +321,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peaks: measuring 2048^2 matmuls ({result['load']['start']})", flush=True)
     # emulated bf16 (no native support) runs a 2048^2 product in about a minute: 512^2 shows it
     bf16_n = 2048 if result["machine"]["bf16_native"] else 512
-    result["peak"] = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16, n=bf16_n)}
+    ps = args.peak_seconds
+    result["peak"] = {"float32": matmul_peak(torch.float32, seconds=ps),
+                      "bfloat16": matmul_peak(torch.bfloat16, n=bf16_n, seconds=ps)}
     result["load"]["after_peak"] = load_state()
 
     if not args.skip_naive:
-        print("naive baseline (HF Trainer, pad to 512, fp32) ...", flush=True)
-        result["naive"] = run_naive(args.base, examples, pad_id, args.seconds)
+        short = [e for e in examples if len(e.input_ids) <= 512]
+        print(f"naive baseline (HF Trainer, pad to 512, fp32; {len(short)} of {len(examples)} rows fit) ...", flush=True)
+        result["naive"] = run_naive(args.base, short, pad_id, args.seconds) if short else {"skipped": "no row fits 512"}
         result["load"]["after_naive"] = load_state()
         print(f"  {result['naive']}", flush=True)
+    from policytune.training.lora import load_base_model as _load
+    train_dtype_t = next(_load(args.base, cfg.dtype, torch.device("cpu")).parameters()).dtype
+    if not args.skip_tuned:
+        print(f"tuned baseline (HF Trainer, {train_dtype_t}, dynamic padding, group_by_length, same LoRA) ...", flush=True)
+        result["tuned"] = run_tuned(args.base, examples, pad_id, args.seconds, cfg, train_dtype_t)
+        result["load"]["after_tuned"] = load_state()
+        print(f"  {result['tuned']}", flush=True)
     print("train stage loop ...", flush=True)
     result["ours"] = run_ours(args.base, examples, pad_id, args.seconds, cfg)
     result["load"]["after_ours"] = load_state()
     print(f"  {result['ours']}", flush=True)
     # the peaks again: the machine may have got busier or quieter during the runs
-    result["peak_end"] = {"float32": matmul_peak(torch.float32),
-                          "bfloat16": matmul_peak(torch.bfloat16) if result["machine"]["bf16_native"]
+    result["peak_end"] = {"float32": matmul_peak(torch.float32, seconds=ps),
+                          "bfloat16": matmul_peak(torch.bfloat16, seconds=ps) if result["machine"]["bf16_native"]
                           else result["peak"]["bfloat16"]}  # emulated bf16 takes a minute a product
     result["load"]["end"] = load_state()
 
@@ -283,7 +364,15 @@ def main(argv: list[str] | None = None) -> int:
         f"vs_peak_of_training_dtype_{train_dtype}": round(flops / peaks.get(train_dtype, peaks["float32"]), 4),
         "vs_best_peak": round(flops / max(peaks.values()), 4),
     }
-    if "naive" in result:
+    real_per_useful = sum(lengths) / max(1, sum(e.n_labels for e in examples))
+    result["ours"]["real_tokens_per_s"] = round(result["ours"]["useful_tokens_per_s"] * real_per_useful, 2)
+    result["mfu"]["all_real_tokens_vs_best_peak"] = round(
+        4 * n_params * result["ours"]["real_tokens_per_s"] / max(peaks.values()), 4)
+    if "tuned" in result:
+        t = result["tuned"]
+        result["ratio_vs_tuned_useful_tokens_per_s"] = round(result["ours"]["useful_tokens_per_s"] / t["useful_tokens_per_s"], 2)
+        result["mfu"]["tuned_all_real_tokens_vs_best_peak"] = round(4 * n_params * t["nonpad_tokens_per_s"] / max(peaks.values()), 4)
+    if "useful_tokens_per_s" in result.get("naive", {}):
         result["ratio_useful_tokens_per_s"] = round(
             result["ours"]["useful_tokens_per_s"] / result["naive"]["useful_tokens_per_s"], 2)
         result["mfu"]["naive_vs_fp32_peak"] = round(
@@ -293,8 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result.get(k) for k in ("ratio_useful_tokens_per_s", "mfu", "peak", "load")}, indent=1))
-    if "naive" in result:
+    print(json.dumps({k: result.get(k) for k in ("ratio_useful_tokens_per_s", "ratio_vs_tuned_useful_tokens_per_s",
+                                                  "mfu", "peak", "load")}, indent=1))
+    if "tuned" in result:
+        print(f"assistant tok/s: tuned Trainer {result['tuned']['useful_tokens_per_s']}, ours "
+              f"{result['ours']['useful_tokens_per_s']} -> {result['ratio_vs_tuned_useful_tokens_per_s']}x; real tok/s "
+              f"{result['tuned']['nonpad_tokens_per_s']} vs {result['ours']['real_tokens_per_s']}; MFU on all real tokens "
+              f"{result['mfu']['tuned_all_real_tokens_vs_best_peak']:.1%} vs {result['mfu']['all_real_tokens_vs_best_peak']:.1%}")
+    if "ratio_useful_tokens_per_s" in result:
         print(f"useful tok/s: naive {result['naive']['useful_tokens_per_s']}, ours "
               f"{result['ours']['useful_tokens_per_s']} -> {result['ratio_useful_tokens_per_s']}x; "
               f"MFU {result['mfu']['vs_best_peak']:.1%} of the best matmul peak "
