@@ -20,11 +20,16 @@ configures the package's logging (``policytune.core.progress``, ``POLICYTUNE_LOG
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import resource
+import sys
+import time
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from policytune.core.params import describe_type, field_hints, section_class
-from policytune.core.progress import ensure_logging
+from policytune.core.progress import ensure_logging, get_logger
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -52,10 +57,31 @@ def params_help(cls: type, section: str, indent: str = "  ") -> list[str]:
     return lines
 
 
+_STARTED = time.monotonic()
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """(this process, its largest waited-for child) peak resident memory in MiB (Linux units)."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def _log_resources_at_exit(name: str) -> None:
+    def report() -> None:
+        own, child = peak_rss_mib()
+        get_logger(name).info("ran %.1f s, peak RSS %.0f MiB%s", time.monotonic() - _STARTED, own,
+                              f" (largest child process {child:.0f} MiB)" if child else "")
+    atexit.register(report)
+
+
 def stage_parser(doc: Optional[str], name: str, paths: Mapping[str, str] | None = None,
                  config: type | None = None, section: Optional[str] = None) -> argparse.ArgumentParser:
-    """argparse parser of stage ``name``: ``--params``, one option per entry of ``paths``."""
+    """argparse parser of stage ``name``: ``--params``, one option per entry of ``paths``.
+    Run as the stage's program (``python -m stages.<name>``), the stage logs its wall time and
+    peak memory when it exits."""
     ensure_logging()
+    if Path(sys.argv[0]).stem == name and not {"-h", "--help"} & set(sys.argv[1:]):
+        _log_resources_at_exit(name)
     doc = (doc or "").strip()
     first, _, rest = doc.partition("\n")
     epilog = rest.strip("\n")

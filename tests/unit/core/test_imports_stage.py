@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -65,3 +66,22 @@ def test_stage_parser_paths_and_params_help(capsys):
     text = capsys.readouterr().out
     assert "python -m stages.demo" in text and "More text." in text
     assert "demo.rate = 0.5  how often" in text and "demo.inner.k = 3  inner knob" in text
+
+
+def test_a_stage_run_as_a_program_logs_its_time_and_peak_memory(tmp_path):
+    """`python -m stages.<name>` logs wall time and peak RSS at exit (here: a split that stops at
+    its missing input); --help prints only the help."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    p = subprocess.run([sys.executable, "-m", "stages.split"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode != 0
+    assert re.search(r"split: ran \d+\.\d s, peak RSS \d+ MiB", p.stderr + p.stdout), p.stderr
+    h = subprocess.run([sys.executable, "-m", "stages.split", "--help"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert h.returncode == 0 and "peak RSS" not in h.stderr + h.stdout
