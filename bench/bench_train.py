@@ -141,10 +141,33 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
 # (a) the naive baseline
 # ---------------------------------------------------------------------------------------------
 
+def timed_trainer(log: list, seconds: float):
+    """(Trainer subclass, callback): each batch appends its loss-bearing, non-pad and padded
+    token counts to ``log`` and each step its end time; training stops once ``seconds`` have
+    passed since the first step (at least 3 steps)."""
+    from transformers import Trainer, TrainerCallback
+
+    class Counting(Trainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            lab = inputs["labels"]
+            # loss-bearing tokens of this batch (HF shifts labels by one inside the model)
+            log.append({"useful": int((lab[:, 1:] != IGNORE).sum()),
+                        "nonpad": int(inputs["attention_mask"].sum()), "padded": int(lab.numel())})
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            log[-1]["t"] = time.perf_counter()
+            if len(log) >= 3 and log[-1]["t"] - log[0]["t"] >= seconds:
+                control.should_training_stop = True
+
+    return Counting, Clock
+
+
 def run_naive(base_dir: str, examples: list, pad_id: int, seconds: float, max_length: int = 512,
               batch_size: int = 4) -> dict:
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainingArguments
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
@@ -155,21 +178,8 @@ def run_naive(base_dir: str, examples: list, pad_id: int, seconds: float, max_le
         data.append({"input_ids": e.input_ids + [pad_id] * (max_length - n),
                      "attention_mask": [1] * n + [0] * (max_length - n),
                      "labels": e.labels + [IGNORE] * (max_length - n)})
-    log = []
-
-    class Counting(Trainer):
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            lab = inputs["labels"]
-            # loss-bearing tokens of this batch (HF shifts labels by one inside the model)
-            log.append({"useful": int((lab[:, 1:] != IGNORE).sum()),
-                        "nonpad": int(inputs["attention_mask"].sum())})
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            log[-1]["t"] = time.perf_counter()
-            if len(log) >= 3 and log[-1]["t"] - log[0]["t"] >= seconds:
-                control.should_training_stop = True
+    log: list = []
+    Counting, Clock = timed_trainer(log, seconds)
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
@@ -197,8 +207,7 @@ def run_tuned(base_dir: str, examples: list, pad_id: int, seconds: float, cfg: T
     ours (r, alpha, target modules, top ``layers`` only). Rows per batch: the train stage's
     token budget over the mean row length."""
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
     n_layers = model.config.num_hidden_layers
@@ -214,20 +223,8 @@ def run_tuned(base_dir: str, examples: list, pad_id: int, seconds: float, cfg: T
     tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     if tok.pad_token_id is None:
         tok.pad_token_id = pad_id
-    log = []
-
-    class Counting(Trainer):
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            lab = inputs["labels"]
-            log.append({"useful": int((lab[:, 1:] != IGNORE).sum()),
-                        "nonpad": int(inputs["attention_mask"].sum()), "padded": int(lab.numel())})
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            log[-1]["t"] = time.perf_counter()
-            if len(log) >= 3 and log[-1]["t"] - log[0]["t"] >= seconds:
-                control.should_training_stop = True
+    log: list = []
+    Counting, Clock = timed_trainer(log, seconds)
 
     bf16 = dtype == torch.bfloat16
     with tempfile.TemporaryDirectory() as out:
