@@ -329,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         result["naive"] = run_naive(args.base, short, pad_id, args.seconds) if short else {"skipped": "no row fits 512"}
         result["load"]["after_naive"] = load_state()
         print(f"  {result['naive']}", flush=True)
-    from policytune.training.lora import load_base_model as _load
-    train_dtype_t = next(_load(args.base, cfg.dtype, torch.device("cpu")).parameters()).dtype
+    from policytune.lm.loading import resolve_dtype
+    saved = str(getattr(AutoConfig.from_pretrained(args.base), "dtype", None) or "float32").removeprefix("torch.")
+    train_dtype_t = resolve_dtype(cfg.dtype, saved, "cpu")  # what the train stage loads the base in
     if not args.skip_tuned:
         print(f"tuned baseline (HF Trainer, {train_dtype_t}, dynamic padding, group_by_length, same LoRA) ...", flush=True)
         result["tuned"] = run_tuned(args.base, examples, pad_id, args.seconds, cfg, train_dtype_t)
