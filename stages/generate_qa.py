@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("params: %s", {k: v for k, v in to_dict(cfg).items() if k not in ("openai", "bedrock")})
     chunks = read_jsonl(args.chunks)
     backend = make_backend(cfg)
-    res = generate(chunks, cfg, backend, qa_cache(args.cache), log=log)
+    try:
+        res = generate(chunks, cfg, backend, qa_cache(args.cache), log=log)
+    finally:
+        backend.close()  # a llama_server backend stops its server here
     write_jsonl(args.out, res.qa)
     write_jsonl(args.rejected, res.rejected)
     write_json(args.stats, res.stats)

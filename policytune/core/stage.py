@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from policytune.core import allocator
 from policytune.core.params import describe_type, field_hints, section_class
 from policytune.core.progress import ensure_logging, get_logger
 
@@ -69,8 +70,11 @@ def peak_rss_mib() -> tuple[float, float]:
 def _log_resources_at_exit(name: str) -> None:
     def report() -> None:
         own, child = peak_rss_mib()
-        get_logger(name).info("ran %.1f s, peak RSS %.0f MiB%s", time.monotonic() - _STARTED, own,
-                              f" (largest child process {child:.0f} MiB)" if child else "")
+        log = get_logger(name)
+        if allocator.NOTE:
+            log.warning("%s", allocator.NOTE)
+        log.info("ran %.1f s, peak RSS %.0f MiB%s, allocator %s", time.monotonic() - _STARTED, own,
+                 f" (largest child process {child:.0f} MiB)" if child else "", allocator.current())
     atexit.register(report)
 
 

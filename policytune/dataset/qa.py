@@ -16,14 +16,15 @@ from typing import Annotated, Any, Literal
 
 from policytune.core.params import Dtype, Fraction, NonNegFloat, NonNegInt, PositiveInt, Range
 from policytune.core.records import stable_id
-from policytune.lm.backends import BedrockConfig, OpenAIConfig
+from policytune.lm.backends import BedrockConfig, LlamaServerConfig, OpenAIConfig
 
 DEFAULT_PREFILL = '[\n  {\n    "question": "'
 
 
 @dataclass
 class GenerateQAConfig:
-    backend: Literal["local", "openai", "bedrock"] = field(default="local", metadata={"help": "teacher backend: local | openai | bedrock"})
+    backend: Literal["local", "openai", "bedrock", "llama_server"] = field(default="local", metadata={
+        "help": "teacher backend: local | openai | bedrock | llama_server (llama.cpp's server on the model's GGUF, started and stopped by us)"})
     model_dir: str = field(default="models/teacher", metadata={"help": "local backend: model folder"})
     dtype: Dtype = field(default="auto", metadata={"help": "local: auto (bf16 where supported) | float32 | bfloat16"})
     device: str = field(default="auto", metadata={"help": "local: auto | cpu | cuda"})
@@ -60,6 +61,7 @@ class GenerateQAConfig:
                 "round-robin order and skipped_budget counting as budget_chunks"})
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     bedrock: BedrockConfig = field(default_factory=BedrockConfig)
+    llama_server: LlamaServerConfig = field(default_factory=LlamaServerConfig)
 
 
 # --------------------------------------------------------------------------------------------

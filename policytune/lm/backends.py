@@ -71,7 +71,7 @@ from policytune.lm.catalog import saved_dtype
 from policytune.core import hashing
 from policytune.core.http import bounded, bounded_client, parse_retry_after
 from policytune.core.params import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
-from policytune.core.records import sha256_text
+from policytune.core.records import sha256_file, sha256_text
 
 log = logging.getLogger("policytune.lm.backends")
 
@@ -137,6 +137,21 @@ class BedrockConfig:
         "help": "largest reply body accepted; a bigger one is cut off, retried, then counted as rejected"})
     prefill: bool = field(default=True, metadata={
         "help": "send the prefill as a final assistant message (Anthropic models support it)"})
+
+
+@dataclass
+class LlamaServerConfig:
+    gguf: str = field(default="", metadata={
+        "help": "GGUF file to serve ('' = the catalog GGUF that model_dir was prepared from)"})
+    parallel: PositiveInt = field(default=4, metadata={"help": "server slots (-np): requests decoded together"})
+    ctx_per_slot: PositiveInt = field(default=2048, metadata={"help": "context tokens per slot (-c = parallel x this)"})
+    threads: NonNegInt = field(default=0, metadata={"help": "CPU threads (0 = all cores)"})
+    binary: str = field(default="", metadata={
+        "help": "llama-server executable ('' = $POLICYTUNE_LLAMA_SERVER, the build cache of "
+                "scripts/build_llama_server.sh, then PATH)"})
+    startup_timeout_s: PositiveFloat = field(default=300.0, metadata={"help": "time for the server to load and answer /health"})
+    timeout_s: PositiveFloat = field(default=900.0, metadata={"help": "total time for one request (queued behind the slots)"})
+    max_retries: NonNegInt = field(default=2, metadata={"help": "retries on 5xx, connection errors and malformed replies"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -1005,7 +1020,69 @@ class BedrockBackend(_APIBackend):
 # --------------------------------------------------------------------------------------------
 
 
-BACKENDS = ("local", "openai", "bedrock")
+class LlamaServerBackend(OpenAIBackend):
+    """llama.cpp's ``llama-server`` started by us on 127.0.0.1 (:mod:`policytune.lm.llama_server`),
+    spoken to through the OpenAI-compatible path above; started on the first ``chat``, stopped by
+    pid on ``close`` (and at exit). Prefill: llama.cpp continues a trailing assistant message."""
+
+    name = "llama_server"
+    label = "llama-server"
+
+    def __init__(self, cfg: LlamaServerConfig, model_dir: str | Path = "models/teacher"):
+        self.server_cfg, self.model_dir = cfg, Path(model_dir)
+        super().__init__(OpenAIConfig(base_url="http://127.0.0.1:1/v1", model="policytune", api_key_env="",
+                                      timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+                                      concurrency=cfg.parallel, prefill=True))
+        self.server = None
+        self._gguf: Path | None = Path(cfg.gguf) if cfg.gguf else None
+
+    @property
+    def gguf(self) -> Path:
+        if self._gguf is None:
+            from policytune.lm.llama_server import gguf_for_model_dir
+
+            self._gguf = gguf_for_model_dir(self.model_dir)
+        return self._gguf
+
+    @property
+    def model_id(self) -> str:
+        return f"llama-server:{self.gguf.name}"
+
+    def fingerprint(self) -> str:
+        from policytune.lm.llama_server import VERSION
+
+        return f"llama_server:{VERSION}:{sha256_file(self.gguf)[:16]}"
+
+    def start(self) -> str:
+        if self.server is None:
+            from policytune.lm.llama_server import LlamaServer
+
+            c = self.server_cfg
+            self.server = LlamaServer(self.gguf, parallel=c.parallel, ctx_per_slot=c.ctx_per_slot, threads=c.threads,
+                                      binary=c.binary, startup_timeout_s=c.startup_timeout_s)
+            self.server.start()
+            self.cfg.base_url = self.server.url + "/v1"
+            self.url = self.cfg.base_url + "/chat/completions"
+        return self.server.url
+
+    def chat(self, batch: Sequence[Messages], **kw) -> list[Completion]:
+        self.start()
+        return super().chat(batch, **kw)
+
+    def _body(self, messages: Messages, max_new_tokens: int, temperature: float, seed: int,
+              prefill: str | None) -> dict:
+        body = super()._body(messages, max_new_tokens, temperature, seed, prefill)
+        body.pop("extra_body", None)  # llama.cpp continues a trailing assistant message by itself
+        return body
+
+    def close(self) -> None:
+        super().close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+BACKENDS = ("local", "openai", "bedrock", "llama_server")
 
 
 def make_backend(cfg: Any) -> Backend:
@@ -1013,7 +1090,8 @@ def make_backend(cfg: Any) -> Backend:
 
     ``cfg`` is any object (a stage's config dataclass) with ``backend`` ('local'|'openai'|
     'bedrock'), and for local ``model_dir`` (plus optional ``dtype``, ``batch_size``, ``device``),
-    for openai ``openai`` (:class:`OpenAIConfig`), for bedrock ``bedrock`` (:class:`BedrockConfig`).
+    for openai ``openai`` (:class:`OpenAIConfig`), for bedrock ``bedrock`` (:class:`BedrockConfig`),
+    for llama_server ``llama_server`` (:class:`LlamaServerConfig`) and ``model_dir``.
     """
     kind = getattr(cfg, "backend", "local")
     if kind == "local":
@@ -1024,6 +1102,9 @@ def make_backend(cfg: Any) -> Backend:
         return OpenAIBackend(getattr(cfg, "openai", None) or OpenAIConfig())
     if kind == "bedrock":
         return BedrockBackend(getattr(cfg, "bedrock", None) or BedrockConfig())
+    if kind == "llama_server":
+        return LlamaServerBackend(getattr(cfg, "llama_server", None) or LlamaServerConfig(),
+                                  getattr(cfg, "model_dir", "models/teacher"))
     raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
 
 

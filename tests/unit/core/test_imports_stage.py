@@ -85,3 +85,58 @@ def test_a_stage_run_as_a_program_logs_its_time_and_peak_memory(tmp_path):
     h = subprocess.run([sys.executable, "-m", "stages.split", "--help"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert h.returncode == 0 and "peak RSS" not in h.stderr + h.stdout
+
+
+def test_a_stage_run_as_a_program_runs_under_jemalloc(tmp_path):
+    """`python -m stages.<name>` re-executes itself once under jemalloc where it is installed
+    (setup.sh installs Debian's libjemalloc2), says so at exit, and says why not otherwise;
+    POLICYTUNE_ALLOCATOR=system keeps glibc's malloc."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from policytune.core import allocator
+
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {"PYTHONPATH": str(root)}
+
+    def run(**extra) -> str:
+        p = subprocess.run([sys.executable, "-m", "stages.split"], cwd=tmp_path, env=env | extra,
+                           capture_output=True, text=True, timeout=120)
+        return p.stderr + p.stdout
+
+    out = run()
+    if allocator.find_jemalloc():
+        assert "allocator jemalloc" in out, out
+    else:
+        assert "allocator system" in out and "jemalloc not installed" in out, out
+    out = run(POLICYTUNE_ALLOCATOR="system")
+    assert "allocator system" in out and "jemalloc" not in out.replace("allocator system", ""), out
+    out = run(POLICYTUNE_ALLOCATOR="tcmalloc")
+    assert "allocator system" in out and "is not one of 'jemalloc', 'system'" in out, out
+
+
+def test_allocator_reexec_reasons(monkeypatch):
+    """No re-execution (and a reason where the user loses something) when opted out, already
+    loaded, not installed or already re-executed once; the command line is kept."""
+    from policytune.core import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator.os, "execve", lambda *a: calls.append(a))
+    monkeypatch.setattr(allocator, "jemalloc_loaded", lambda: False)
+    monkeypatch.setenv("POLICYTUNE_ALLOCATOR", "system")
+    assert allocator.reexec_under_jemalloc(["python", "-m", "stages.x"]) is None and not calls
+    monkeypatch.delenv("POLICYTUNE_ALLOCATOR")
+    monkeypatch.setattr(allocator, "find_jemalloc", lambda: None)
+    assert "not installed" in allocator.reexec_under_jemalloc(["python", "-m", "stages.x"]) and not calls
+    monkeypatch.setattr(allocator, "find_jemalloc", lambda: "/lib/libjemalloc.so.2")
+    monkeypatch.setenv("LD_PRELOAD", "/lib/other.so")
+    allocator.reexec_under_jemalloc(["python", "-m", "stages.x", "--flag"])
+    (exe, argv, env), = calls
+    assert argv[1:] == ["-m", "stages.x", "--flag"]
+    assert env["LD_PRELOAD"] == "/lib/libjemalloc.so.2 /lib/other.so" and env[allocator._MARK] == "1"
+    monkeypatch.setenv(allocator._MARK, "1")
+    assert "not mapped" in allocator.reexec_under_jemalloc(["python", "-m", "stages.x"]) and len(calls) == 1
+    monkeypatch.setattr(allocator, "jemalloc_loaded", lambda: True)
+    assert allocator.reexec_under_jemalloc(["python", "-m", "stages.x"]) is None and len(calls) == 1
