@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -32,6 +33,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Iterator
 
 __all__ = ["parse_retry_after", "Budget", "bounded", "current_budget", "bounded_client"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (for a server we start on loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -19,7 +19,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from policytune.core.http import free_port
 from policytune.core.progress import get_logger
 
 log = get_logger("llama_server")
@@ -81,12 +81,6 @@ def gguf_for_model_dir(model_dir: str | Path, workdir: Optional[str | Path] = No
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     return catalog.assemble_gguf(entry, out.parent)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

@@ -30,7 +30,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -39,14 +38,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from policytune.core.http import free_port
+
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 PREFIX_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def weed_binary() -> str:

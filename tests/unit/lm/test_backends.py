@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import threading
 import time
 import urllib.parse
@@ -15,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from policytune.core.http import free_port
 from policytune.lm.backends import (BackendError, BedrockBackend, BedrockConfig, LocalBackend, OpenAIBackend,
                                     OpenAIConfig, dir_fingerprint, make_backend)
 
@@ -145,12 +145,6 @@ class _Server:
         self.thread.join(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _ChatCompletions(BaseHTTPRequestHandler):
     """/<route>/v1/chat/completions: ok | flaky (429 then 200) | down (500) | auth (401)."""
 
@@ -263,7 +257,7 @@ def test_openai_auth_error_names_the_env_var_not_the_key(chat_server, monkeypatc
 
 
 def test_openai_unreachable_is_a_clear_error():
-    b = OpenAIBackend(OpenAIConfig(base_url=f"http://127.0.0.1:{_free_port()}/v1", model="m", timeout_s=2,
+    b = OpenAIBackend(OpenAIConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", timeout_s=2,
                                    max_retries=1, backoff_s=0.01))
     t0 = time.monotonic()
     with pytest.raises(BackendError, match=r"cannot reach .* after 2 attempts.*server running"):
@@ -381,7 +375,7 @@ def test_bedrock_no_credentials_and_unreachable(bedrock_env, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with pytest.raises(BackendError, match=r"cannot reach http://127.0.0.1:\d+ after 2 attempts"):
-        _bedrock(f"http://127.0.0.1:{_free_port()}", "ok", max_retries=1).chat(
+        _bedrock(f"http://127.0.0.1:{free_port()}", "ok", max_retries=1).chat(
             [[{"role": "user", "content": "q"}]], max_new_tokens=16)
 
 

@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policytune.tools import s3local
-from policytune.tools.s3local import SeaweedFS, configure_dvc_remote, free_port, normalize_prefix
+from policytune.core.http import free_port
+from policytune.tools.s3local import SeaweedFS, configure_dvc_remote, normalize_prefix
 
 ADMIN = {"name": "test-admin", "credentials": [{"accessKey": "TESTADMINKEY", "secretKey": "test-admin-secret"}],
          "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
